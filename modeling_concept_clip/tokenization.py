@@ -1,0 +1,82 @@
+"""A CLIP-format tokenizer for a closed vocabulary (tiny test models and the built-in demo world)."""
+
+from __future__ import annotations
+
+import string
+from collections import Counter
+from collections.abc import Iterable
+
+from transformers import CLIPTokenizer
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+UNK_TOKEN = "<|unk|>"
+ALPHABET = string.ascii_lowercase + string.digits
+
+
+def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair encoding training on `words` until each is one symbol; ties go to the smallest pair (deterministic)."""
+    corpus = [[*word[:-1], word[-1] + "</w>"] for word in words]
+    merges = []
+    while True:
+        counts = Counter(pair for symbols in corpus for pair in zip(symbols, symbols[1:]))
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for index, symbols in enumerate(corpus):
+            merged, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            corpus[index] = merged
+
+
+def build_word_level_clip_tokenizer(words: Iterable[str], model_max_length: int = 77) -> CLIPTokenizer:
+    """Build a `CLIPTokenizer` (byte-pair encoding, CLIP's own file format) in which every listed word is one token.
+
+    The merges are learnt by byte-pair encoding training on the word list itself until every word is one symbol
+    (ties broken by the smallest pair, so the same words always give the same files). Encoding a listed word
+    replays its training merges and ends in the single token `word</w>`; hand-written merge chains do not (a merge
+    of one word, e.g. `a n`, fires inside another, e.g. "triangle"). Any other lowercase text still tokenises,
+    character by character. Characters outside a-z and 0-9 map to `<|unk|>` (never to EOS, which would move
+    CLIP's pooling position).
+
+    The end-of-text token gets the highest id, as in CLIP's own vocabulary: `CLIPTextModel` pools at the first
+    EOS position, except when `eos_token_id == 2`, where it falls back to the legacy rule (argmax of the ids).
+    Padding uses the EOS token, also as in CLIP.
+
+    Args:
+        words: lowercase words made of a-z and 0-9 (duplicates are ignored).
+        model_max_length: maximum sequence length, including the BOS and EOS tokens.
+    """
+    words = list(dict.fromkeys(words))
+    for word in words:
+        if not word or not set(word) <= set(ALPHABET):
+            raise ValueError(f"Words must be non-empty and made of a-z and 0-9, got {word!r}.")
+    merges = _learn_merges(words)
+    vocab: dict[str, int] = {}
+    for char in ALPHABET:  # every character, inside and at the end of a word
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    for special in (UNK_TOKEN, BOS_TOKEN, EOS_TOKEN):
+        vocab.setdefault(special, len(vocab))
+    tokenizer = CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        pad_token=EOS_TOKEN,
+        model_max_length=model_max_length,
+    )
+    split = [word for word in words if len(tokenizer.tokenize(word)) != 1]
+    if split:  # byte-pair encoding replays its training merges, so this cannot happen; keep the promise checked
+        raise RuntimeError(f"Words not encoded as single tokens: {split[:10]}")
+    return tokenizer

@@ -1,0 +1,133 @@
+"""Run with `torchrun --nproc_per_node 2 tests/distributed_c2lip_check.py` (gloo, CPU).
+
+Each process holds part of a global batch (uneven image counts; rank 1's images have no concepts at all). The
+DDP-wrapped concept model must give, per process, a loss whose mean over processes equals the single-process
+loss on the concatenated batch, and DDP-averaged gradients equal to the single-process gradients. Also checks the
+pure-function contract: the shares of `c2lip_losses` sum to the single-process loss.
+"""
+
+import json
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from modeling_concept_clip import ConceptCLIPModel, ConceptLossConfig, ConceptSiglipModel, c2lip_losses
+from modeling_concept_clip.testing_utils import build_tiny_model_and_processor
+
+CAPTIONS = [
+    "a big red circle and a blue square",
+    "a cat next to a dog",
+    "the man on the left",
+    "a yellow star and a cat",
+    "a green tree",
+    "a white car",
+]
+# (concept, image); images 4 and 5 (rank 1) have none. "a cat" appears for images 1 and 3.
+CONCEPTS = [("a big red circle", 0), ("a blue square", 0), ("a cat", 1), ("a dog", 1), ("the man", 2),
+            ("a yellow star", 3), ("a cat", 3)]  # fmt: skip
+SPLIT = [(0, 4), (4, 6)]  # images of rank 0 and rank 1
+TOLERANCE = dict(atol=2e-5, rtol=1e-4)
+
+
+def make_batch(processor, model_type, images, pixel_values):
+    padding = "max_length" if model_type == "siglip" else True
+    start, stop = images
+    captions = processor.tokenizer(CAPTIONS[start:stop], padding=padding, return_tensors="pt")
+    concepts = [(text, image - start) for text, image in CONCEPTS if start <= image < stop]
+    if concepts:
+        tokens = processor.tokenizer([t for t, _ in concepts], padding=padding, return_tensors="pt")
+        concept_ids, concept_mask = tokens.input_ids, tokens.attention_mask
+    else:
+        concept_ids = torch.zeros(0, 4, dtype=torch.long)
+        concept_mask = torch.zeros(0, 4, dtype=torch.long)
+    return dict(
+        input_ids=captions.input_ids,
+        attention_mask=captions.attention_mask,
+        pixel_values=pixel_values[start:stop],
+        concept_input_ids=concept_ids,
+        concept_attention_mask=concept_mask,
+        concept_image_index=torch.tensor([i for _, i in concepts], dtype=torch.long),
+    )
+
+
+def check(model_type, positives, rank, world_size):
+    concept_cls = ConceptCLIPModel if model_type == "clip" else ConceptSiglipModel
+    plain, processor = build_tiny_model_and_processor(model_type, seed=0)
+    pixel_values = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    config = dict(npc_weight=1.0, xac_weight=0.5, tau=2.0, concept_positives=positives)
+
+    # Single process on the concatenated batch (the process group is ignored).
+    reference = concept_cls(plain.config, ConceptLossConfig(**config, gather_across_processes=False))
+    reference.load_state_dict(plain.state_dict())
+    reference.train()
+    ref_out = reference(**make_batch(processor, model_type, (0, 6), pixel_values), return_loss=True)
+    ref_out.loss.backward()
+    ref_grads = {name: p.grad.clone() for name, p in reference.named_parameters()}
+
+    # Two processes, DDP.
+    model = concept_cls(plain.config, ConceptLossConfig(**config))
+    model.load_state_dict(plain.state_dict())
+    model.train()
+    ddp = DistributedDataParallel(model)
+    local = make_batch(processor, model_type, SPLIT[rank], pixel_values)
+    out = ddp(**local, return_loss=True)
+    out.loss.backward()
+
+    results = {}
+    for name in ("loss", "caption_loss", "npc_loss", "xac_loss"):
+        value = out[name].detach().clone()
+        dist.all_reduce(value)
+        torch.testing.assert_close(value / world_size, ref_out[name].detach(), **TOLERANCE)
+        results[name] = [float(value / world_size), float(ref_out[name])]
+    worst = 0.0
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name], **TOLERANCE, msg=lambda m, n=name: f"{n}: {m}")
+        worst = max(worst, float((p.grad - ref_grads[name]).abs().max()))
+    results["max_grad_diff"] = worst
+
+    # Pure function: shares of this process sum to the single-process loss, gradients of the inputs included.
+    with torch.no_grad():
+        out_local = model(**local)
+    embeds = {
+        "image_embeds": out_local.image_embeds.clone().requires_grad_(),
+        "text_embeds": out_local.text_embeds.clone().requires_grad_(),
+        "concept_embeds": out_local.concept_embeds.clone().requires_grad_(),
+        "image_tokens": out_local.image_token_embeds.clone().requires_grad_(),
+    }
+    share = c2lip_losses(
+        **embeds,
+        logit_scale=model.logit_scale.exp().detach(),
+        logit_bias=getattr(model, "logit_bias", None),
+        loss_form=model.loss_form,
+        concept_image_index=local["concept_image_index"],
+        concept_ids=torch.tensor([hash_free_id(t) for t, i in CONCEPTS if SPLIT[rank][0] <= i < SPLIT[rank][1]]),
+        config=ConceptLossConfig(**config),
+    ).loss
+    share.backward()
+    total = share.detach().clone()
+    dist.all_reduce(total)
+    torch.testing.assert_close(total, ref_out.loss.detach(), **TOLERANCE)
+    results["sum_of_shares"] = [float(total), float(ref_out.loss)]
+    return results
+
+
+def hash_free_id(text):
+    return sorted({t for t, _ in CONCEPTS}).index(text)
+
+
+def main():
+    dist.init_process_group("gloo")
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    assert world_size == 2, "run with --nproc_per_node 2"
+    report = {}
+    for model_type in ("clip", "siglip"):
+        for positives in ("owner", "shared"):
+            report[f"{model_type}/{positives}"] = check(model_type, positives, rank, world_size)
+    if rank == 0:
+        print("C2LIP-DISTRIBUTED-OK " + json.dumps(report))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

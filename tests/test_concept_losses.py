@@ -1,0 +1,150 @@
+"""Pooling and losses against the naive per-concept loop of `c2lip_reference`, forward and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_concept_clip import (
+    ConceptLossConfig,
+    c2lip_losses,
+    concept_attention_scores,
+    concept_ids_from_tokens,
+    concept_positive_mask,
+)
+from modeling_concept_clip.pooling import concept_chunk_size
+
+from .c2lip_reference import naive_c2lip_loss, naive_pooled_scores, naive_positives
+
+ATOL = 1e-5
+
+
+def random_batch(seed=0, num_images=5, num_tokens=7, dim=16):
+    generator = torch.Generator().manual_seed(seed)
+
+    def unit(*shape):
+        return F.normalize(torch.randn(*shape, generator=generator), dim=-1).requires_grad_()
+
+    # Concepts per image: 2, 0, 3, 1, 2; concept 5 repeats concept 0's text in another image ("a man" twice).
+    index = torch.tensor([0, 0, 2, 2, 2, 3, 4, 4])
+    ids = torch.tensor([10, 11, 12, 13, 14, 10, 15, 11])
+    return dict(
+        image=unit(num_images, dim),
+        text=unit(num_images, dim),
+        concepts=unit(len(index), dim),
+        tokens=unit(num_images, num_tokens, dim),
+        index=index,
+        ids=ids,
+    )
+
+
+def grads(loss, tensors):
+    return torch.autograd.grad(loss, tensors, retain_graph=True)
+
+
+@pytest.mark.parametrize("tau", [1.0, 10.0])
+def test_pooled_scores_match_naive_loop(tau):
+    batch = random_batch()
+    inputs = [batch["concepts"], batch["tokens"]]
+    ours = concept_attention_scores(*inputs, tau=tau)
+    naive = naive_pooled_scores(*inputs, tau=tau)
+    assert ours.shape == (8, 5)
+    torch.testing.assert_close(ours, naive, atol=ATOL, rtol=0)
+    weights = torch.randn(ours.shape)
+    for mine, theirs in zip(grads((ours * weights).sum(), inputs), grads((naive * weights).sum(), inputs)):
+        torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=0)
+
+
+def test_chunked_pooling_equals_single_chunk_forward_and_backward():
+    batch = random_batch(num_tokens=50, dim=32)
+    inputs = [batch["concepts"], batch["tokens"]]
+    # 1 concept of 5 images x 50 tokens needs 5 * 5 * 50 * 4 bytes = 5 kB; 0.006 MB -> 1 concept per chunk.
+    assert concept_chunk_size(8, 5, 50, memory_budget_mb=0.006) == 1
+    whole = concept_attention_scores(*inputs, tau=3.0, memory_budget_mb=None)
+    chunked = concept_attention_scores(*inputs, tau=3.0, memory_budget_mb=0.006)
+    torch.testing.assert_close(chunked, whole, atol=ATOL, rtol=0)
+    for a, b in zip(grads(chunked.square().sum(), inputs), grads(whole.square().sum(), inputs)):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_uniform_attention_pools_the_mean_token():
+    # tau = 0: every token gets 1/T, so z is the mean token (hand computation).
+    tokens = F.normalize(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), dim=-1)
+    concept = torch.tensor([[1.0, 0.0]])
+    score = concept_attention_scores(concept, tokens, tau=0.0)
+    # z = (0.5, 0.5), |z| = sqrt(0.5), <z/|z|, c> = 0.5 / sqrt(0.5) = sqrt(0.5)
+    assert score.item() == pytest.approx(0.5**0.5, abs=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["owner", "shared"])
+def test_positive_mask_matches_naive(mode):
+    batch = random_batch()
+    ours = concept_positive_mask(batch["index"], 5, batch["ids"], mode)
+    assert torch.equal(ours, naive_positives(batch["index"], 5, batch["ids"], mode))
+    if mode == "shared":
+        # concept 0 (id 10, image 0) is also positive for image 3, whose concept 5 has id 10
+        assert ours[0, 3] and ours[5, 0]
+        assert not ours[0, 2]
+
+
+@pytest.mark.parametrize("form", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("mode", ["owner", "shared"])
+def test_losses_match_naive_loop_forward_and_backward(form, mode):
+    batch = random_batch(seed=1)
+    scale = torch.tensor(7.5, requires_grad=True)
+    bias = torch.tensor(-2.0, requires_grad=True) if form == "sigmoid" else None
+    config = ConceptLossConfig(npc_weight=0.7, xac_weight=0.3, tau=2.0, concept_positives=mode)
+    ours = c2lip_losses(
+        image_embeds=batch["image"],
+        text_embeds=batch["text"],
+        logit_scale=scale,
+        logit_bias=bias,
+        loss_form=form,
+        concept_embeds=batch["concepts"],
+        image_tokens=batch["tokens"],
+        concept_image_index=batch["index"],
+        concept_ids=batch["ids"],
+        config=config,
+    )
+    naive = naive_c2lip_loss(
+        batch["image"], batch["text"], batch["concepts"], batch["tokens"], batch["index"], batch["ids"],
+        scale, bias if bias is not None else 0.0, form, mode, tau=2.0, npc_w=0.7, xac_w=0.3,
+    )  # fmt: skip
+    for mine, theirs in zip((ours.loss, ours.caption_loss, ours.npc_loss, ours.xac_loss), naive):
+        torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=0)
+    leaves = [batch["image"], batch["text"], batch["concepts"], batch["tokens"], scale] + ([bias] if bias else [])
+    for mine, theirs in zip(grads(ours.loss, leaves), grads(naive[0], leaves)):
+        torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=0)
+
+
+def test_shared_positives_differ_from_owner_when_texts_repeat():
+    batch = random_batch(seed=2)
+    common = dict(
+        image_embeds=batch["image"], text_embeds=batch["text"], logit_scale=torch.tensor(10.0), logit_bias=None,
+        loss_form="softmax", concept_embeds=batch["concepts"], image_tokens=batch["tokens"],
+        concept_image_index=batch["index"], concept_ids=batch["ids"],
+    )  # fmt: skip
+    owner = c2lip_losses(**common, config=ConceptLossConfig(concept_positives="owner"))
+    shared = c2lip_losses(**common, config=ConceptLossConfig(concept_positives="shared"))
+    assert owner.caption_loss == shared.caption_loss
+    assert abs(owner.npc_loss.item() - shared.npc_loss.item()) > 1e-4
+
+
+def test_zero_weight_skips_the_term():
+    batch = random_batch()
+    out = c2lip_losses(
+        image_embeds=batch["image"], text_embeds=batch["text"], logit_scale=torch.tensor(10.0), logit_bias=None,
+        loss_form="softmax", concept_embeds=batch["concepts"], image_tokens=None, concept_image_index=batch["index"],
+        concept_ids=batch["ids"], config=ConceptLossConfig(xac_weight=0.0),
+    )  # fmt: skip
+    assert out.xac_loss is None
+    torch.testing.assert_close(out.loss, out.caption_loss + out.npc_loss)
+
+
+def test_concept_ids_from_tokens_ignores_padding_and_separates_texts():
+    ids = torch.tensor([[5, 8, 9, 0, 0], [5, 8, 9, 0, 0], [5, 8, 7, 0, 0], [0, 5, 8, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    short = concept_ids_from_tokens(ids[:1, :3], mask[:1, :3])
+    out = concept_ids_from_tokens(ids, mask)
+    assert out.dtype == torch.long
+    assert out[0] == out[1] == short[0]  # same text, other padding length
+    assert len({int(x) for x in out[[0, 2, 3]]}) == 3  # another word; a leading id 0

@@ -1,0 +1,30 @@
+"""Two CPU processes (gloo) against one process on the same global batch: losses and gradients."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_single_process():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(ROOT / "tests" / "distributed_c2lip_check.py"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    marker = "C2LIP-DISTRIBUTED-OK "
+    line = next(line for line in result.stdout.splitlines() if line.startswith(marker))
+    report = json.loads(line[len(marker) :])
+    assert set(report) == {"clip/owner", "clip/shared", "siglip/owner", "siglip/shared"}
+    for values in report.values():
+        assert values["max_grad_diff"] < 2e-5
+        total, reference = values["sum_of_shares"]
+        assert abs(total - reference) < 1e-4

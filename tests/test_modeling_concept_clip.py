@@ -1,0 +1,217 @@
+"""ConceptCLIPModel / ConceptSiglipModel against plain CLIPModel / SiglipModel and the naive reference."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import AutoModel, CLIPModel, SiglipModel, pipeline
+
+from modeling_concept_clip import ConceptCLIPModel, ConceptLossConfig, ConceptSiglipModel
+from modeling_concept_clip.testing_utils import build_tiny_model_and_processor
+
+from .c2lip_reference import naive_c2lip_loss
+
+CLASSES = {"clip": (ConceptCLIPModel, CLIPModel), "siglip": (ConceptSiglipModel, SiglipModel)}
+CAPTIONS = ["a big red circle and a blue square", "a cat next to a dog", "the man on the left", "a yellow star"]
+CONCEPTS = ["a big red circle", "a blue square", "a cat", "a dog", "the man", "a yellow star", "a cat"]
+CONCEPT_IMAGE = [0, 0, 1, 1, 2, 3, 2]
+
+
+@pytest.fixture(scope="module", params=["clip", "siglip"])
+def tiny(request, tmp_path_factory):
+    """A plain tiny checkpoint folder (with processor), and a batch with concepts."""
+    model_type = request.param
+    model, processor = build_tiny_model_and_processor(model_type, seed=3)
+    folder = tmp_path_factory.mktemp(model_type)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    padding = "max_length" if model_type == "siglip" else True
+    captions = processor.tokenizer(CAPTIONS, padding=padding, return_tensors="pt")
+    concepts = processor.tokenizer(CONCEPTS, padding=padding, return_tensors="pt")
+    batch = dict(
+        input_ids=captions.input_ids,
+        attention_mask=captions.attention_mask,
+        pixel_values=torch.randn(len(CAPTIONS), 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+    )
+    concept_batch = dict(
+        concept_input_ids=concepts.input_ids,
+        concept_attention_mask=concepts.attention_mask,
+        concept_image_index=torch.tensor(CONCEPT_IMAGE),
+    )
+    return model_type, folder, batch, concept_batch
+
+
+def load(tiny, **kwargs):
+    model_type, folder, _, _ = tiny
+    concept_cls, plain_cls = CLASSES[model_type]
+    concept_model = concept_cls.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    plain_model = plain_cls.from_pretrained(folder, dtype=torch.float32)
+    return concept_model, plain_model
+
+
+def test_loads_plain_checkpoint_with_no_missing_keys(tiny):
+    model_type, folder, _, _ = tiny
+    concept_cls, _ = CLASSES[model_type]
+    model, info = concept_cls.from_pretrained(
+        folder, output_loading_info=True, concept_config=ConceptLossConfig(xac_weight=0.5)
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert model.concept_config.xac_weight == 0.5
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in load(tiny)[1].parameters())
+
+
+def test_without_concepts_outputs_equal_base_class(tiny):
+    concept_model, plain_model = load(tiny)
+    _, _, batch, _ = tiny
+    with torch.no_grad():
+        ours = concept_model(**batch, return_loss=True)
+        theirs = plain_model(**batch, return_loss=True)
+    assert type(ours) is type(theirs)
+    for key in ("loss", "logits_per_image", "logits_per_text", "text_embeds", "image_embeds"):
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_with_concepts_matches_naive_reference(tiny):
+    model_type, _, batch, concept_batch = tiny
+    config = ConceptLossConfig(npc_weight=1.0, xac_weight=0.5, tau=2.0, concept_positives="owner")
+    concept_model, plain_model = load(tiny, concept_config=config)
+    out = concept_model(**batch, **concept_batch, return_loss=True)
+    # Caption logits as the plain model computes them.
+    with torch.no_grad():
+        plain = plain_model(**batch)
+    torch.testing.assert_close(out.logits_per_image, plain.logits_per_image, atol=1e-5, rtol=0)
+    # Concepts are the text tower's embeddings of the concept texts.
+    with torch.no_grad():
+        expected_concepts = F.normalize(
+            plain_model.get_text_features(
+                input_ids=concept_batch["concept_input_ids"], attention_mask=concept_batch["concept_attention_mask"]
+            ).pooler_output,
+            dim=-1,
+        )
+    torch.testing.assert_close(out.concept_embeds, expected_concepts, atol=1e-6, rtol=0)
+    bias = concept_model.logit_bias if model_type == "siglip" else 0.0
+    naive = naive_c2lip_loss(
+        out.image_embeds, out.text_embeds, out.concept_embeds, out.image_token_embeds,
+        concept_batch["concept_image_index"], None, concept_model.logit_scale.exp(), bias,
+        concept_model.loss_form, "owner", tau=2.0, npc_w=1.0, xac_w=0.5,
+    )  # fmt: skip
+    for mine, theirs in zip((out.loss, out.caption_loss, out.npc_loss, out.xac_loss), naive):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.caption_loss, plain_model(**batch, return_loss=True).loss, atol=1e-5, rtol=0)
+    out.loss.backward()
+    assert all(p.grad is not None for p in concept_model.parameters() if p.requires_grad)
+
+
+def test_shared_positives_default_derives_ids_from_tokens(tiny):
+    _, _, batch, concept_batch = tiny
+    concept_model, _ = load(tiny, concept_config=ConceptLossConfig(concept_positives="shared"))
+    derived = concept_model(**batch, **concept_batch, return_loss=True)
+    # "a cat" appears for images 1 and 2: explicit ids that say so give the same loss.
+    explicit_ids = torch.tensor([0, 1, 2, 3, 4, 5, 2])
+    explicit = concept_model(**batch, **concept_batch, concept_ids=explicit_ids, return_loss=True)
+    torch.testing.assert_close(derived.loss, explicit.loss, atol=1e-6, rtol=0)
+    distinct = concept_model(**batch, **concept_batch, concept_ids=torch.arange(7), return_loss=True)
+    assert abs(distinct.npc_loss.item() - derived.npc_loss.item()) > 1e-5
+
+
+def test_clip_patch_tokens_use_the_cls_path(tiny):
+    """Each CLIP patch goes through post_layernorm and visual_projection, as the CLS token does."""
+    model_type, _, batch, concept_batch = tiny
+    if model_type != "clip":
+        pytest.skip("CLIP only")
+    model, _ = load(tiny)
+    with torch.no_grad():
+        out = model(**batch, **concept_batch)
+        hidden = model.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
+        expected = model.visual_projection(model.vision_model.post_layernorm(hidden))
+    assert out.image_token_embeds.shape == (4, 16, model.config.projection_dim)
+    torch.testing.assert_close(out.image_token_embeds, F.normalize(expected[:, 1:], dim=-1))
+    # The same path applied to the CLS position is the image embedding.
+    torch.testing.assert_close(F.normalize(expected[:, 0], dim=-1), out.image_embeds)
+
+
+def test_siglip_patch_tokens_follow_the_release_head_formula(tiny):
+    """value slice of in_proj -> out_proj -> h + mlp(layernorm(h)), computed by hand from the weights."""
+    model_type, _, batch, concept_batch = tiny
+    if model_type != "siglip":
+        pytest.skip("SigLIP only")
+    model, _ = load(tiny)
+    head = model.vision_model.head
+    dim = head.attention.embed_dim
+    with torch.no_grad():
+        out = model(**batch, **concept_batch)
+        hidden = model.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
+        value = hidden @ head.attention.in_proj_weight[2 * dim :].T + head.attention.in_proj_bias[2 * dim :]
+        h = value @ head.attention.out_proj.weight.T + head.attention.out_proj.bias
+        expected = h + head.mlp(head.layernorm(h))
+    assert out.image_token_embeds.shape == (4, 16, dim)
+    torch.testing.assert_close(out.image_token_embeds, F.normalize(expected, dim=-1), atol=1e-5, rtol=0)
+
+
+def test_save_pretrained_exports_a_plain_checkpoint(tiny, tmp_path):
+    model_type, folder, batch, concept_batch = tiny
+    concept_cls, plain_cls = CLASSES[model_type]
+    model = concept_cls.from_pretrained(folder, dtype=torch.float32)
+    # Train one step so that the export differs from the starting weights.
+    model(**batch, **concept_batch, return_loss=True).loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    model.save_pretrained(tmp_path)
+    from transformers import AutoProcessor
+
+    AutoProcessor.from_pretrained(folder).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == [plain_cls.__name__]
+    assert config["model_type"] == model_type
+    original = json.loads((folder / "config.json").read_text())
+    assert set(config) == set(original), "the export must not add or drop config keys"
+    assert not any("concept" in key for key in json.dumps(config).split('"'))
+    weights = sorted(p.name for p in tmp_path.iterdir() if p.suffix in {".safetensors", ".bin", ".pt", ".pth"})
+    assert weights == ["model.safetensors"]
+
+    plain, info = plain_cls.from_pretrained(tmp_path, output_loading_info=True, dtype=torch.float32)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    auto = AutoModel.from_pretrained(tmp_path)
+    assert type(auto) is plain_cls
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits_per_image, model(**batch).logits_per_image, rtol=0, atol=0)
+    classifier = pipeline("zero-shot-image-classification", model=str(tmp_path))
+    result = classifier(Image.new("RGB", (40, 40), (255, 0, 0)), candidate_labels=["circle", "square"])
+    assert {r["label"] for r in result} == {"circle", "square"}
+
+
+def test_to_plain_shares_parameters(tiny):
+    model, _ = load(tiny)
+    plain = model.to_plain()
+    assert type(plain) is CLASSES[tiny[0]][1]
+    assert plain.logit_scale is model.logit_scale
+    with torch.no_grad():
+        model.logit_scale.fill_(1.23)
+    assert plain.logit_scale.item() == pytest.approx(1.23)
+    assert not hasattr(plain, "concept_config") and hasattr(model, "concept_config")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(concept_image_index=torch.tensor([0, 0, 1, 1, 2, 3, 4])), r"concept_image_index must be in \[0, 4\)"),
+        (dict(concept_image_index=torch.tensor([0, 0, 1, 1, 2, 3, -1])), r"must be in \[0, 4\)"),
+        (dict(concept_image_index=torch.tensor([0, 1, 2])), "concept_image_index has 3 entries"),
+        (dict(concept_image_index=torch.tensor([0.0, 0, 1, 1, 2, 3, 2])), "must be an integer"),
+        (dict(concept_ids=torch.arange(5)), "concept_ids has 5 entries"),
+        (dict(concept_input_ids=None, concept_attention_mask=None), "given without concept_input_ids"),
+        (dict(concept_image_index=None), "concept_image_index is required"),
+        (dict(concept_input_ids=torch.zeros(0, 5, dtype=torch.long), concept_attention_mask=None,
+              concept_image_index=torch.zeros(0, dtype=torch.long)), "concept batch is empty"),
+        (dict(concept_attention_mask=torch.ones(7, 2, dtype=torch.long)), "concept_attention_mask has shape"),
+        (dict(concept_input_ids=torch.ones(7, 3)), "concept_input_ids must be an integer tensor"),
+    ],
+)  # fmt: skip
+def test_bad_concept_batches_raise_value_error(tiny, change, message):
+    _, _, batch, concept_batch = tiny
+    model, _ = load(tiny)
+    with pytest.raises(ValueError, match=message):
+        model(**batch, **{**concept_batch, **change}, return_loss=True)
