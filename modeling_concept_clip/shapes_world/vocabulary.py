@@ -1,0 +1,77 @@
+"""The closed vocabulary of the shapes world: attribute values, their colours on screen, and the world settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Attribute types in the order they are spoken: "a big red striped circle".
+ATTRIBUTES: tuple[str, ...] = ("size", "color", "pattern")
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "heart")
+# Saturated hues chosen to stay apart after 4x downsampling, also under stripes and dots.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (225, 30, 30),
+    "orange": (250, 135, 0),
+    "yellow": (245, 215, 0),
+    "green": (30, 175, 45),
+    "blue": (35, 85, 240),
+    "purple": (145, 45, 200),
+    "pink": (255, 130, 195),
+}
+# Neutral backgrounds: never an object colour, so "a red ..." can only refer to an object.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {"black": (0, 0, 0), "gray": (110, 110, 110), "white": (245, 245, 245)}
+# Side of an object's bounding square, as a fraction of the image side (uniform in the range).
+SIZES: dict[str, tuple[float, float]] = {"small": (0.22, 0.26), "big": (0.34, 0.4)}
+PATTERNS: tuple[str, ...] = ("solid", "stripy", "dotted", "hollow")
+
+
+@dataclass
+class WorldConfig:
+    """What a scene of the shapes world can contain and how it is drawn (everything that changes the data).
+
+    Attribute values must come from the module constants (`SHAPES`, `PALETTE`, `SIZES`, `PATTERNS`, `BACKGROUNDS`);
+    listing fewer restricts the world.
+    """
+
+    image_size: int = field(default=48, metadata={"help": "Side of the square images in pixels."})
+    min_objects: int = field(default=2, metadata={"help": "Fewest objects in a scene."})
+    max_objects: int = field(default=4, metadata={"help": "Most objects in a scene."})
+    shapes: list[str] = field(default_factory=lambda: list(SHAPES), metadata={"help": "Shape names."})
+    colors: list[str] = field(default_factory=lambda: list(PALETTE), metadata={"help": "Object colour names."})
+    sizes: list[str] = field(default_factory=lambda: list(SIZES), metadata={"help": "Size names."})
+    patterns: list[str] = field(default_factory=lambda: list(PATTERNS), metadata={"help": "Fill pattern names."})
+    backgrounds: list[str] = field(default_factory=lambda: list(BACKGROUNDS), metadata={"help": "Background colours."})
+    background_mention_prob: float = field(
+        default=0.5, metadata={"help": "Probability that a caption names the background ('on a gray background')."}
+    )
+    unseen_pairs: int = field(
+        default=4,
+        metadata={
+            "help": "Number of (colour, shape) combinations held out of training and of the in-distribution probes; "
+            "they only appear in the `unseen/` probe folder (systematic generalisation). 0 disables it."
+        },
+    )
+    supersample: int = field(default=4, metadata={"help": "Draw at this multiple of the size, then average down."})
+
+    def __post_init__(self):
+        for name, allowed in (
+            ("shapes", SHAPES),
+            ("colors", PALETTE),
+            ("sizes", SIZES),
+            ("patterns", PATTERNS),
+            ("backgrounds", BACKGROUNDS),
+        ):
+            values = getattr(self, name)
+            unknown = [value for value in values if value not in allowed]
+            if unknown or not values or len(set(values)) != len(values):
+                raise ValueError(f"{name} must be distinct values from {list(allowed)}, got {values}.")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"Need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}.")
+        if self.unseen_pairs > min(len(self.colors), len(self.shapes)) - 1:
+            raise ValueError("unseen_pairs must leave every colour and every shape at least one seen combination.")
+        if self.image_size < 32:
+            raise ValueError("Patterns are not legible below 32 pixels.")
+
+    def values(self, attribute: str) -> list[str]:
+        """The values of `attribute` ("shape", "color", "size" or "pattern") in this world."""
+        return {"shape": self.shapes, "color": self.colors, "size": self.sizes, "pattern": self.patterns}[attribute]

