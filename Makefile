@@ -25,7 +25,13 @@ lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 demo: install
-	HF_HUB_OFFLINE=1 $(PY) -m training.demo_quick
+	HF_HUB_OFFLINE=1 $(PY) -m training.demo
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_concept_loss.py | tee benchmarks/results/bench_concept_loss.txt
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_train_step.py | tee benchmarks/results/bench_train_step.txt
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_concepts.py --num-captions 20000 --repeats 5 --output benchmarks/results/bench_concepts.txt
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_eval.py | tee benchmarks/results/bench_eval.txt
 
 clean:
 	rm -rf $(VENV) outputs

@@ -125,6 +125,17 @@ class ConceptModelMixin:
         """Save as the plain base class (`architectures: ["CLIPModel"]` or `["SiglipModel"]`, safetensors only)."""
         return self.to_plain().save_pretrained(save_directory, *args, **kwargs)
 
+    def _concept_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Text embeddings `(num_concepts, dim)` of the concepts; each distinct one ("a man" of many captions) is
+        encoded once. The text tower treats rows independently, so this changes nothing but the cost."""
+        length = input_ids.shape[1]
+        key = input_ids if attention_mask is None else torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1)
+        unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+        if unique.shape[0] == key.shape[0]:
+            return self._text_embeds(input_ids, attention_mask)[1]
+        mask = None if attention_mask is None else unique[:, length:].to(attention_mask.dtype)
+        return self._text_embeds(unique[:, :length], mask)[1][inverse]
+
     def _gathers_across_processes(self) -> bool:
         return self.concept_config.gather_across_processes and world_size_and_rank()[0] > 1
 
@@ -202,8 +213,7 @@ class ConceptModelMixin:
         concept_embeds = None
         if concept_input_ids is not None:
             if concept_input_ids.shape[0] > 0:
-                _, concept_embeds = self._text_embeds(concept_input_ids, concept_attention_mask)
-                concept_embeds = F.normalize(concept_embeds, dim=-1)
+                concept_embeds = F.normalize(self._concept_embeds(concept_input_ids, concept_attention_mask), dim=-1)
             else:  # no concepts here; stays attached to the graph so this process joins the backward gathers
                 concept_embeds = text_embeds[:0]
             if concept_ids is None and self.concept_config.concept_positives == "shared":

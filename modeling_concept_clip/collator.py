@@ -1,0 +1,132 @@
+"""Batch collation for C2LIP training: images, captions and the flattened concept batch.
+
+Each row gives one image, one caption and its concepts. The concepts of all rows are concatenated into one
+`(num_concepts, length)` batch with `concept_image_index` (the row of each concept) and `concept_ids` (a stable
+identity of each concept's normalised text, for "shared" positives).
+
+A bad row (image missing or unreadable, caption empty or not a string, no concepts) is dropped from its batch and
+reported in `batch["skipped"]`, so the training loop can count it; it never raises inside a data-loader worker.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .concepts import concept_id
+
+SKIP_REASONS = ("image", "caption", "concepts")
+
+
+@dataclass
+class SkippedRow:
+    reason: str  # one of SKIP_REASONS
+    detail: str  # what was wrong, naming the row (image path or caption)
+
+
+def _describe(row: dict[str, Any], image_column: str) -> str:
+    value = row.get(image_column)
+    if isinstance(value, dict):
+        value = value.get("path") or "<image bytes>"
+    return str(value)[:200]
+
+
+@dataclass
+class ConceptCollator:
+    """Turn dataset rows into the inputs of `ConceptCLIPModel`/`ConceptSiglipModel`.
+
+    Args:
+        processor: the checkpoint's processor (image processor + tokenizer); the PIL image backend is enough.
+        image_column: column with an image path (relative to `image_root`), a `PIL.Image`, or a `datasets`
+            undecoded image (`{"bytes": ..., "path": ...}`).
+        caption_column: column with the caption string.
+        concepts_column: column with the list of concept strings (or its JSON text, as CSV files hold it); `None`
+            gives caption-only batches (the control).
+        image_root: folder of relative image paths.
+        max_concepts_per_image: keep the first concepts of each caption (caption order) up to this many.
+        pad_to_max_length: pad every text to the tokenizer's maximum length (SigLIP pools the last position, so
+            it must see texts padded as in its training); otherwise pad to the longest text of the batch (CLIP).
+    """
+
+    processor: Any
+    image_column: str = "image"
+    caption_column: str = "caption"
+    concepts_column: str | None = "concepts"
+    image_root: str | None = None
+    max_concepts_per_image: int | None = 8
+    pad_to_max_length: bool = False
+
+    def _load_image(self, value: Any) -> Image.Image:
+        if isinstance(value, Image.Image):
+            image = value
+        elif isinstance(value, dict) and value.get("bytes"):
+            image = Image.open(io.BytesIO(value["bytes"]))
+        elif isinstance(value, (dict, str)):
+            path = value.get("path") if isinstance(value, dict) else value
+            if not path:
+                raise ValueError("no image")
+            if self.image_root and not os.path.isabs(path):
+                path = os.path.join(self.image_root, path)
+            image = Image.open(path)
+        else:
+            raise ValueError(f"unsupported image value of type {type(value).__name__}")
+        image.load()
+        return image.convert("RGB")
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        tokenizer = self.processor.tokenizer
+        padding = "max_length" if self.pad_to_max_length else True
+        encoded = tokenizer(texts, padding=padding, truncation=True, return_tensors="pt")
+        return {key: encoded[key] for key in ("input_ids", "attention_mask") if key in encoded}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        images, captions, concepts, skipped = [], [], [], []
+        for row in rows:
+            caption = row.get(self.caption_column)
+            if not isinstance(caption, str) or not caption.strip():
+                skipped.append(SkippedRow("caption", f"{_describe(row, self.image_column)}: caption {caption!r}"))
+                continue
+            row_concepts = []
+            if self.concepts_column is not None:
+                value = row.get(self.concepts_column)
+                if isinstance(value, str):  # CSV cells hold the list as JSON text
+                    try:
+                        value = json.loads(value)
+                    except json.JSONDecodeError:
+                        value = None
+                if not isinstance(value, list):
+                    value = None
+                row_concepts = [c for c in (value or []) if isinstance(c, str) and c.strip()]
+                if not row_concepts:
+                    skipped.append(SkippedRow("concepts", f"{_describe(row, self.image_column)}: no concepts"))
+                    continue
+                row_concepts = row_concepts[: self.max_concepts_per_image]
+            try:
+                image = self._load_image(row.get(self.image_column))
+            except Exception as error:  # any unreadable image is a counted skip, whatever PIL raises
+                skipped.append(SkippedRow("image", f"{_describe(row, self.image_column)}: {error}"))
+                continue
+            images.append(image)
+            captions.append(caption)
+            concepts.append(row_concepts)
+
+        batch: dict[str, Any] = {"skipped": skipped, "num_rows": len(rows)}
+        if not images:
+            return batch
+        batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt").pixel_values
+        # Whatever the tokenizer returns: SigLIP's own tokenizer gives no attention mask (its pads are attended).
+        batch.update(self._tokenize(captions))
+        if self.concepts_column is not None:
+            flat = [c for row_concepts in concepts for c in row_concepts]
+            batch.update({f"concept_{key}": value for key, value in self._tokenize(flat).items()})
+            batch["concept_image_index"] = torch.tensor(
+                [i for i, row_concepts in enumerate(concepts) for _ in row_concepts], dtype=torch.long
+            )
+            batch["concept_ids"] = torch.tensor([concept_id(c) for c in flat], dtype=torch.long)
+        return batch
