@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Zero-shot classification with `pipeline("zero-shot-image-classification")`.
+
+    python examples/pipeline_zero_shot.py --model outputs/demo/c2lip --image photo.jpg --labels cat dog "a red car"
+
+The pipeline reads the model type from the checkpoint's config (CLIP: softmax over the labels, SigLIP: one sigmoid
+per label) and wraps each label in `--hypothesis_template`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from example_utils import DEFAULT_MODEL, load_image, require_model
+from transformers import pipeline
+
+DEFAULT_LABELS = ["a red circle and a blue square", "a blue circle and a red square", "a green triangle"]
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="Checkpoint folder or Hub id.")
+    parser.add_argument("--image", default=None, help="Image file or URL (default: a drawn scene).")
+    parser.add_argument("--labels", nargs="+", default=DEFAULT_LABELS, help="Candidate labels.")
+    parser.add_argument("--hypothesis_template", default="{}", help='e.g. "a photo of {}." (default: the label).')
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: the pipeline's choice).")
+    parser.add_argument("--output_json", default=None, help="Also write the predictions to this JSON file.")
+    args = parser.parse_args(argv)
+
+    classifier = pipeline("zero-shot-image-classification", model=require_model(args.model), device=args.device)
+    image = args.image if args.image and "://" in args.image else load_image(args.image)
+    predictions = classifier(image, candidate_labels=args.labels, hypothesis_template=args.hypothesis_template)
+    for prediction in predictions:
+        print(f"{prediction['score']:.4f}  {prediction['label']}")
+    if args.output_json:
+        with open(args.output_json, "w") as handle:
+            json.dump(predictions, handle, indent=2)
+    return predictions
+
+
+if __name__ == "__main__":
+    main()
