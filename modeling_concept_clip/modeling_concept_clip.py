@@ -99,10 +99,9 @@ def validate_concept_batch(
 class ConceptModelMixin:
     """Shared C2LIP forward of the concept classes.
 
-    Subclasses define `_image_embeds_and_tokens(pixel_values, interpolate_pos_encoding, **kwargs)`, returning
-    `(vision_outputs, image_embeds (B, D), image_token_embeds (B, T, D))`, and `_text_embeds(input_ids,
-    attention_mask, position_ids=None, **kwargs)`, returning `(text_outputs, text_embeds (N, D))`, all in the joint
-    space and not normalised, each from one call of the towers (DDP and FSDP want one forward per step).
+    Subclasses define `_patch_tokens(last_hidden_state)`: the vision tower's last hidden states `(B, T', D_vision)`
+    to the patch tokens in the joint space `(B, T, D)`, computed from the same forward as the image embedding (DDP
+    and FSDP want one forward per step).
     """
 
     _plain_model_class: type[PreTrainedModel]
@@ -124,6 +123,21 @@ class ConceptModelMixin:
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as the plain base class (`architectures: ["CLIPModel"]` or `["SiglipModel"]`, safetensors only)."""
         return self.to_plain().save_pretrained(save_directory, *args, **kwargs)
+
+    def _image_embeds_and_tokens(self, pixel_values, interpolate_pos_encoding, **kwargs):
+        """`(vision_outputs, image_embeds (B, D), image_token_embeds (B, T, D))`, joint space, not normalised."""
+        vision_outputs = self.get_image_features(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        )
+        tokens = self._patch_tokens(vision_outputs.last_hidden_state)
+        return vision_outputs, vision_outputs.pooler_output, tokens
+
+    def _text_embeds(self, input_ids, attention_mask, position_ids=None, **kwargs):
+        """`(text_outputs, text_embeds (N, D))`, joint space, not normalised."""
+        text_outputs = self.get_text_features(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
+        return text_outputs, text_outputs.pooler_output
 
     def _concept_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Text embeddings `(num_concepts, dim)` of the concepts; each distinct one ("a man" of many captions) is
@@ -275,19 +289,9 @@ class ConceptCLIPModel(ConceptModelMixin, CLIPModel):
     _output_class = ConceptCLIPOutput
     loss_form: LossForm = "softmax"
 
-    def _image_embeds_and_tokens(self, pixel_values, interpolate_pos_encoding, **kwargs):
-        vision_outputs = self.get_image_features(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
-        )
-        patches = vision_outputs.last_hidden_state[:, 1:]
-        tokens = self.visual_projection(self.vision_model.post_layernorm(patches))
-        return vision_outputs, vision_outputs.pooler_output, tokens
-
-    def _text_embeds(self, input_ids, attention_mask, position_ids=None, **kwargs):
-        text_outputs = self.get_text_features(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
-        )
-        return text_outputs, text_outputs.pooler_output
+    def _patch_tokens(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        # last_hidden_state: (B, 1 + T, D_vision) before the final layer norm; position 0 is the CLS token.
+        return self.visual_projection(self.vision_model.post_layernorm(last_hidden_state[:, 1:]))
 
 
 class ConceptSiglipModel(ConceptModelMixin, SiglipModel):
@@ -304,20 +308,10 @@ class ConceptSiglipModel(ConceptModelMixin, SiglipModel):
     _output_class = ConceptSiglipOutput
     loss_form: LossForm = "sigmoid"
 
-    def _image_embeds_and_tokens(self, pixel_values, interpolate_pos_encoding, **kwargs):
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
-        )
+    def _patch_tokens(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        # last_hidden_state: (B, T, D), after the final layer norm (SigLIP normalises every token).
         head = getattr(self.vision_model, "head", None)
         if head is None:
             raise ValueError("C2LIP on SigLIP needs the attention-pooling head (vision_config.vision_use_head=True).")
-        hidden = vision_outputs.last_hidden_state  # post-layernorm, (B, T, D)
-        batch_size, num_tokens, dim = hidden.shape
-        tokens = head(hidden.reshape(batch_size * num_tokens, 1, dim)).view(batch_size, num_tokens, -1)
-        return vision_outputs, vision_outputs.pooler_output, tokens
-
-    def _text_embeds(self, input_ids, attention_mask, position_ids=None, **kwargs):
-        text_outputs = self.text_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
-        )
-        return text_outputs, text_outputs.pooler_output
+        batch_size, num_tokens, dim = last_hidden_state.shape
+        return head(last_hidden_state.reshape(batch_size * num_tokens, 1, dim)).view(batch_size, num_tokens, -1)

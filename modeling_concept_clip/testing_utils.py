@@ -24,17 +24,22 @@ TINY_WORDS = (
 ).split()
 
 
-def tiny_clip_config(vocab_size: int, eos_token_id: int, bos_token_id: int, **overrides) -> CLIPConfig:
-    """A 2-layer CLIP with width 32 on 32x32 images (16 patches of 8x8)."""
+def _tiny_towers(vocab_size: int, eos_token_id: int, bos_token_id: int, max_positions: int, overrides: dict):
+    """Text and vision config dicts of 2 layers, width 32, on 32x32 images (16 patches of 8x8)."""
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     text = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=32, eos_token_id=eos_token_id, bos_token_id=bos_token_id, pad_token_id=eos_token_id,
+        vocab_size=vocab_size, max_position_embeddings=max_positions, eos_token_id=eos_token_id,
+        bos_token_id=bos_token_id, pad_token_id=eos_token_id, **sizes,
     )  # fmt: skip
-    vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
+    vision = dict(image_size=32, patch_size=8, **sizes)
     text.update(overrides.pop("text_config", {}))
     vision.update(overrides.pop("vision_config", {}))
+    return text, vision
+
+
+def tiny_clip_config(vocab_size: int, eos_token_id: int, bos_token_id: int, **overrides) -> CLIPConfig:
+    """A 2-layer CLIP with width 32 on 32x32 images (16 patches of 8x8)."""
+    text, vision = _tiny_towers(vocab_size, eos_token_id, bos_token_id, 32, overrides)
     return CLIPConfig(
         text_config=text, vision_config=vision, projection_dim=overrides.pop("projection_dim", 24), **overrides
     )
@@ -45,15 +50,7 @@ def tiny_siglip_config(vocab_size: int, eos_token_id: int, bos_token_id: int, **
 
     Texts are 64 positions long, as in SigLIP: the zero-shot pipeline pads SigLIP prompts to 64 tokens.
     """
-    text = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=64, eos_token_id=eos_token_id, bos_token_id=bos_token_id, pad_token_id=eos_token_id,
-    )  # fmt: skip
-    vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    text.update(overrides.pop("text_config", {}))
-    vision.update(overrides.pop("vision_config", {}))
+    text, vision = _tiny_towers(vocab_size, eos_token_id, bos_token_id, 64, overrides)
     return SiglipConfig(text_config=text, vision_config=vision, **overrides)
 
 

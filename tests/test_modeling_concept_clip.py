@@ -116,11 +116,10 @@ def test_shared_positives_default_derives_ids_from_tokens(tiny):
     assert abs(distinct.npc_loss.item() - derived.npc_loss.item()) > 1e-5
 
 
+@pytest.mark.parametrize("tiny", ["clip"], indirect=True)
 def test_clip_patch_tokens_use_the_cls_path(tiny):
     """Each CLIP patch goes through post_layernorm and visual_projection, as the CLS token does."""
-    model_type, _, batch, concept_batch = tiny
-    if model_type != "clip":
-        pytest.skip("CLIP only")
+    _, _, batch, concept_batch = tiny
     model, _ = load(tiny)
     with torch.no_grad():
         out = model(**batch, **concept_batch)
@@ -132,11 +131,10 @@ def test_clip_patch_tokens_use_the_cls_path(tiny):
     torch.testing.assert_close(F.normalize(expected[:, 0], dim=-1), out.image_embeds)
 
 
+@pytest.mark.parametrize("tiny", ["siglip"], indirect=True)
 def test_siglip_patch_tokens_follow_the_release_head_formula(tiny):
     """value slice of in_proj -> out_proj -> h + mlp(layernorm(h)), computed by hand from the weights."""
-    model_type, _, batch, concept_batch = tiny
-    if model_type != "siglip":
-        pytest.skip("SigLIP only")
+    _, _, batch, concept_batch = tiny
     model, _ = load(tiny)
     head = model.vision_model.head
     dim = head.attention.embed_dim
