@@ -28,3 +28,18 @@ def test_two_processes_match_single_process():
         assert values["max_grad_diff"] < 2e-5
         total, reference = values["sum_of_shares"]
         assert abs(total - reference) < 1e-4
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_siglip_matches_single_process():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(ROOT / "tests" / "distributed_fsdp2_check.py"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("FSDP2-OK "))
+    report = json.loads(line[len("FSDP2-OK ") :])
+    assert report["sharded_modules"] >= 6  # embeddings, encoder layers and the pooling head
+    assert report["max_grad_diff"] < 2e-5

@@ -450,6 +450,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else None
         ),
         "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
         "global_batch_size": args.per_device_train_batch_size * accelerator.num_processes,
         "versions": {
             "modeling_concept_clip": modeling_concept_clip.__version__,
