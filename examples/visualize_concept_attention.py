@@ -42,10 +42,10 @@ def phrase_attention(model, processor, image: Image.Image, phrases: list[str], t
     text = processor.tokenizer(phrases, padding="max_length" if siglip else True, truncation=True, return_tensors="pt")
     outputs = model(
         input_ids=text.input_ids,
-        attention_mask=text.attention_mask,
+        attention_mask=text.get("attention_mask"),
         pixel_values=pixel_values,
         concept_input_ids=text.input_ids,
-        concept_attention_mask=text.attention_mask,
+        concept_attention_mask=text.get("attention_mask"),
         concept_image_index=torch.zeros(len(phrases), dtype=torch.long),
     )
     # (N, 1, T): CLIP's tokens exclude the CLS token, SigLIP has none; both are the patch grid in row-major order.
