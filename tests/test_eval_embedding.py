@@ -22,14 +22,25 @@ def reference_text_embeddings(model_type, model, processor, texts):
     """One text at a time, tokenised as each family expects (the rule the embedder must follow)."""
     rows = []
     for text in texts:
-        if model_type == "siglip":
+        if model_type == "siglip":  # SigLIP pools the last position: padded to the full length
             inputs = processor.tokenizer([text], padding="max_length", max_length=64, return_tensors="pt")
-            inputs = {"input_ids": inputs["input_ids"]}  # SigLIP pools the last position and sees no mask
         else:
             inputs = processor.tokenizer([text], return_tensors="pt")
         with torch.no_grad():
             rows.append(model.get_text_features(**inputs).pooler_output[0])
     return F.normalize(torch.stack(rows), dim=-1)
+
+
+def test_text_embeddings_equal_those_of_training(tiny):
+    """Evaluation and training (`ConceptCollator`) tokenise alike (SigLIP: full length, mask included)."""
+    from modeling_concept_clip.collator import ConceptCollator
+
+    model_type, model, processor = tiny
+    embedder = ModelEmbedder(model, processor, EmbeddingConfig(progress=False))
+    collator = ConceptCollator(processor, pad_to_max_length=model_type == "siglip")
+    with torch.no_grad():
+        training = F.normalize(model.get_text_features(**collator._tokenize(TEXTS)).pooler_output, dim=-1)
+    torch.testing.assert_close(embedder.embed_texts(TEXTS), training, atol=1e-5, rtol=1e-4)
 
 
 def test_text_embeddings_match_one_by_one_and_deduplicate(tiny):

@@ -112,9 +112,9 @@ class ModelEmbedder(Embedder):
     """Embeds with a `CLIPModel` or `SiglipModel` (or any model with `get_image_features`/`get_text_features`)
     and its processor, on the model's current device and dtype, without moving or changing the model.
 
-    Texts are tokenised as each family was trained: CLIP pads to the longest text of the batch and masks the
-    padding; SigLIP pads to `max_length` (64 for the released models) and sees no attention mask, as in
-    `transformers`' zero-shot pipeline, because its text tower pools the last position.
+    Texts are tokenised as training (`ConceptCollator`) and `transformers`' zero-shot pipeline tokenise them: CLIP
+    pads to the longest text of the batch, SigLIP to `max_length` (64 for the released models) because its text
+    tower pools the last position; the model gets whatever the tokenizer returns (its attention mask included).
     """
 
     def __init__(self, model: torch.nn.Module, processor, config: EmbeddingConfig | None = None):
@@ -187,9 +187,7 @@ class ModelEmbedder(Embedder):
                 max_length=self.text_max_length,
                 return_tensors="pt",
             )
-            kwargs = {"input_ids": inputs["input_ids"].to(self.device)}
-            if not self.is_siglip and "attention_mask" in inputs:
-                kwargs["attention_mask"] = inputs["attention_mask"].to(self.device)
+            kwargs = {key: inputs[key].to(self.device) for key in ("input_ids", "attention_mask") if key in inputs}
             with torch.inference_mode():
                 yield _pooled(self.model.get_text_features(**kwargs))
 
