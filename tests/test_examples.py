@@ -25,6 +25,7 @@ def load_example(name: str):
     try:
         spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look up their module while the script executes
         spec.loader.exec_module(module)
         return module
     finally:

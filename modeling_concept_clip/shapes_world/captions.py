@@ -103,9 +103,13 @@ def content_words(scene: Scene, spec: CaptionSpec | None = None) -> list[str]:
 
 
 def bow_caption(rng: np.random.Generator, scene: Scene, spec: CaptionSpec | None = None) -> str:
-    """The scene's content words in a random order: what a caption says, with the binding of attributes to objects
-    thrown away (for pretraining a bag-of-words prior)."""
-    words = content_words(scene, spec)
+    """Every word of the caption in a random order: what the caption says, with the binding of attributes to objects
+    thrown away (for pretraining a bag-of-words prior, like web alt-text that made CLIP a bag of words).
+
+    With `spec`, the words of `spec.render(scene)` (frame words and articles included, so that the prior's text tower
+    sees the same words as the real captions and transfers to them); without, the scene's content words.
+    """
+    words = spec.render(scene).split() if spec is not None else content_words(scene)
     return " ".join(words[i] for i in rng.permutation(len(words)))
 
 

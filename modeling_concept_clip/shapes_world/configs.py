@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 # Text length: the longest caption (an add_obj negative of a 4-object scene, "there is ... and there is ...") has
 # 45 tokens with BOS and EOS; SigLIP needs 64 since the zero-shot pipeline pads SigLIP prompts to 64 tokens.
 WORLD_MAX_LENGTH = 64
+# Initial logit scale and bias of a world SigLIP (Zhai et al., 2023).
+SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS = 10.0, -10.0
 # Words of `transformers`' default zero-shot template "This is a photo of {}." (its "." still maps to <|unk|>).
 PIPELINE_TEMPLATE_WORDS = ("this", "is", "a", "photo", "of")
 
@@ -129,6 +132,11 @@ def build_world_model_and_processor(
         processor: ProcessorMixin = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
     elif model_type == "siglip":
         model = SiglipModel(world_siglip_config(tokenizer, image_size=size, **config_kwargs))
+        # The SigLIP paper's initialisation, t' = log 10 and b = -10 (`transformers` starts at scale 1 and bias 0,
+        # where the sigmoid loss of a batch of 128 is dominated by its 127 x 128 negatives and barely trains).
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(SIGLIP_INIT_SCALE))
+            model.logit_bias.fill_(SIGLIP_INIT_BIAS)
         image_processor = SiglipImageProcessorPil(size={"height": size, "width": size})
         processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
     else:

@@ -21,7 +21,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from .vocabulary import WorldConfig
 logger = logging.getLogger(__name__)
 
 # Bump when a change of the code changes the generated data: a folder of another version is not reused.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: bag-of-words captions shuffle every caption word
 GENERATOR_NAME = "modeling_concept_clip.shapes_world"
 # Independent random streams: a scene of one part can never be a scene of another part.
 TRAIN_STREAM, TEST_STREAM, ZEROSHOT_STREAM, UNSEEN_STREAM = 0, 1, 2, 3
@@ -155,6 +155,15 @@ def _zeroshot_item(ctx: _Context, task_index: int, class_index: int, index: int)
 # Parts.
 
 
+def _progress(items: Sequence, description: str):
+    """A progress bar over `items` (tqdm, on stderr; off where tqdm is missing)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with transformers and datasets
+        return items
+    return tqdm(items, desc=description, unit="scene", mininterval=1.0)
+
+
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     with open(path, "w", encoding="utf-8") as file:
         for row in rows:
@@ -170,7 +179,7 @@ def _write_json(path: Path, data) -> None:
 def _write_train(part_dir: Path, world: WorldConfig, args: GenerateArguments) -> dict:
     (part_dir / "images").mkdir(parents=True)
     ctx = _Context(world, args.seed, part_dir, unseen_combinations(world, args.seed))
-    rows = [_train_item(ctx, index) for index in range(args.num_train)]
+    rows = [_train_item(ctx, index) for index in _progress(range(args.num_train), f"{part_dir.name} scenes")]
     _write_jsonl(part_dir / "metadata.jsonl", rows)
     return {"scenes": len(rows)}
 
@@ -181,7 +190,7 @@ def _write_held_out(part_dir: Path, world: WorldConfig, args: GenerateArguments,
     (part_dir / "images").mkdir(parents=True)
     count, stream = (args.num_unseen, UNSEEN_STREAM) if unseen else (args.num_test, TEST_STREAM)
     ctx = _Context(world, args.seed, part_dir, unseen_combinations(world, args.seed), args.captions_per_test_image)
-    items = [_held_out_item(ctx, index, stream) for index in range(count)]
+    items = [_held_out_item(ctx, index, stream) for index in _progress(range(count), f"{part_dir.name} scenes")]
     counts = {"scenes": len(items)}
     for kind in PROBE_KINDS:
         probes = {}

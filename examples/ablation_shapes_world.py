@@ -1,0 +1,257 @@
+"""Ablation of C2LIP on the shapes world: the demo's stages over several seeds and loss variants, aggregated.
+
+    python examples/ablation_shapes_world.py                                  # CLIP, seeds 0 1 2, every variant
+    python examples/ablation_shapes_world.py --model_type siglip --seeds 0 1 2 --variants control c2lip
+
+For every seed it builds its own initial model and bag-of-words prior (`training/configs/demo/bow_prior.yaml`), then
+fine-tunes that prior with every variant, each a `python -m training.train` subprocess (the demo's code path):
+
+| variant | recipe | change |
+|---|---|---|
+| `control` | `control.yaml` | caption loss only |
+| `c2lip` | `c2lip.yaml` | caption + NPC + XAC, as in the recipe |
+| `npc_only` | `c2lip.yaml` | `--xac_weight 0` |
+| `xac_only` | `c2lip.yaml` | `--npc_weight 0 --xac_weight 1` (at the recipe's 0.01 alone it would be the control) |
+| `owner` | `c2lip.yaml` | `--concept_positives owner` (the paper; the recipe uses "shared") |
+| `control_equal_time` | `control.yaml` | more steps: as many as fit in C2LIP's training time (equal wall-clock) |
+
+The seed changes the initialisation, the prior's and the fine-tuning's data order and dropout-free randomness; the
+world (data and probes) is the same for every seed. Every variant of one seed starts from the same prior, with the
+same data order. Results: `<results_dir>/<name>.md` (mean ± standard deviation over seeds of every probe, zero-shot
+task and retrieval R@1, at equal steps and at equal training time), `<name>.json` (every metric of every run, and
+the learning curves) and `<name>_curves.png` (control vs C2LIP, mean ± std over seeds, against steps and minutes).
+A finished run is reused when its settings did not change, so an interrupted ablation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from transformers import HfArgumentParser  # noqa: E402
+
+from modeling_concept_clip.evaluation.results import load_runs  # noqa: E402
+from training.demo import (  # noqa: E402
+    _mean_std,
+    benchmarks_file,
+    curve_points,
+    ensure_world,
+    fine_tune,
+    plot_learning_curves,
+    prepare_prior,
+    read_log,
+    start_entry,
+    world_arguments,
+)
+
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    "control": ("control.yaml", [], "control"),
+    "c2lip": ("c2lip.yaml", [], "C2LIP"),
+    "npc_only": ("c2lip.yaml", ["--xac_weight", "0"], "NPC only"),
+    "xac_only": ("c2lip.yaml", ["--npc_weight", "0", "--xac_weight", "1"], "XAC only (w=1)"),
+    "owner": ("c2lip.yaml", ["--concept_positives", "owner"], "owner positives"),
+    "control_equal_time": ("control.yaml", [], "control, equal time"),
+}
+# Rows of the table: (key in the flat metrics, label).
+TABLE_ROWS: list[tuple[str, str]] = [
+    ("probes/swap_att", "swap-att"),
+    ("probes/replace_att", "replace-att"),
+    ("probes/replace_obj", "replace-obj"),
+    ("probes/add_obj", "add-obj"),
+    ("probes_unseen/swap_att", "unseen swap-att"),
+    ("probes_unseen/replace_att", "unseen replace-att"),
+    ("probes_unseen/replace_obj", "unseen replace-obj"),
+    ("probes_unseen/add_obj", "unseen add-obj"),
+    ("zeroshot_shape/top1", "zero-shot shape"),
+    ("zeroshot_color/top1", "zero-shot colour"),
+    ("zeroshot_pattern/top1", "zero-shot pattern"),
+    ("zeroshot_size/top1", "zero-shot size"),
+    ("retrieval/i2t_R@1", "retrieval i2t R@1"),
+    ("retrieval/t2i_R@1", "retrieval t2i R@1"),
+]
+
+
+@dataclass
+class AblationArguments:
+    model_type: str = field(default="clip", metadata={"help": "'clip' (softmax losses) or 'siglip' (sigmoid)."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "One prior and run set per seed."})
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": f"Of {list(VARIANTS)}."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Models (default outputs/ablation/<model_type>): <seed>/<variant>/."}
+    )
+    world_dir: str = field(default="data/shapes_world", metadata={"help": "The shapes world (generated if absent)."})
+    results_dir: str = field(default="benchmarks/results", metadata={"help": "Where the tables and plot go."})
+    name: str | None = field(
+        default=None, metadata={"help": "File name stem of the results (default ablation_shapes_world[_siglip])."}
+    )
+    steps: int | None = field(default=None, metadata={"help": "Fine-tuning steps (default: the recipes')."})
+    prior_steps: int | None = field(default=None, metadata={"help": "Prior steps (default: the recipe's)."})
+    batch_size: int | None = field(default=None, metadata={"help": "Batch size of every stage (default: 128)."})
+    equal_time_steps: int | None = field(
+        default=None,
+        metadata={"help": "Steps of `control_equal_time` (default: the first seed's C2LIP training time divided by "
+                  "the control's time per step, rounded to 50)."},
+    )  # fmt: skip
+    curve_variants: list[str] = field(
+        default_factory=lambda: ["control", "c2lip"],
+        metadata={"help": "Variants evaluated every 100 steps (learning curves); the others only at the end."},
+    )
+    retrain: bool = field(default=False, metadata={"help": "Train every run again even if a current one exists."})
+
+
+def final_metrics(folder: Path) -> dict[str, float]:
+    metrics = load_runs(folder / "results.json")[-1].flat_metrics()
+    log = read_log(folder)
+    metrics["train_minutes"] = log[-1]["train_seconds"] / 60
+    metrics["steps"] = log[-1]["step"]
+    return metrics
+
+
+def equal_time_steps(control: Path, c2lip: Path) -> int:
+    """Control steps that take as long as the C2LIP run (training time only, evaluation excluded)."""
+    control_log, c2lip_log = read_log(control), read_log(c2lip)
+    per_step = control_log[-1]["train_seconds"] / control_log[-1]["step"]
+    return max(50, int(round(c2lip_log[-1]["train_seconds"] / per_step / 50)) * 50)
+
+
+def _cell(values: list[float]) -> str:
+    mean, std = _mean_std([100 * v for v in values])
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def aggregate(results: dict[str, dict[int, dict[str, float]]], seeds: list[int]) -> dict:
+    """Mean and std over seeds of every metric of every variant, and the paired differences to the control."""
+    summary: dict = {}
+    for variant, by_seed in results.items():
+        keys = sorted(set.intersection(*(set(by_seed[s]) for s in seeds if s in by_seed)))
+        summary[variant] = {}
+        for key in keys:
+            values = [by_seed[s][key] for s in seeds if s in by_seed]
+            mean, std = _mean_std(values)
+            summary[variant][key] = {"mean": mean, "std": std, "values": values}
+    for reference in ("control", "control_equal_time"):
+        if reference not in results or "c2lip" not in results:
+            continue
+        paired = [s for s in seeds if s in results[reference] and s in results["c2lip"]]
+        summary[f"c2lip_minus_{reference}"] = {
+            key: dict(zip(("mean", "std"), _mean_std([results["c2lip"][s][key] - results[reference][s][key] for s in paired])))
+            for key, _ in TABLE_ROWS
+            if all(key in results["c2lip"][s] and key in results[reference][s] for s in paired)
+        }  # fmt: skip
+    return summary
+
+
+def markdown_table(results: dict[str, dict[int, dict[str, float]]], seeds: list[int], title: str) -> str:
+    variants = [v for v in ["prior", *VARIANTS] if v in results]
+    labels = ["BoW prior" if v == "prior" else VARIANTS[v][2] for v in variants]
+    has_control = "control" in results and "c2lip" in results
+    has_equal = "control_equal_time" in results and "c2lip" in results
+    header = ["metric (%)", *labels]
+    header += ["Δ C2LIP - control (equal steps)"] if has_control else []
+    header += ["Δ C2LIP - control (equal time)"] if has_equal else []
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for key, label in TABLE_ROWS:
+        cells = []
+        for variant in variants:
+            values = [results[variant][s][key] for s in seeds if s in results[variant] and key in results[variant][s]]
+            cells.append(_cell(values) if values else "–")
+        for reference, present in (("control", has_control), ("control_equal_time", has_equal)):
+            if present:
+                pairs = [(results["c2lip"].get(s, {}), results[reference].get(s, {})) for s in seeds]
+                deltas = [c2lip[key] - ref[key] for c2lip, ref in pairs if key in c2lip and key in ref]
+                cells.append(_cell(deltas) if deltas else "–")
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    for key, label, scale in (("steps", "steps", 1), ("train_minutes", "training minutes", 1)):
+        cells = []
+        for variant in variants:
+            values = [results[variant][s].get(key) for s in seeds if s in results[variant]]
+            values = [v for v in values if v is not None]
+            if values:
+                mean, std = _mean_std([scale * v for v in values])
+                cells.append(f"{mean:.0f}" if key == "steps" else f"{mean:.1f} ± {std:.1f}")
+            else:
+                cells.append("–")
+        cells += [""] * (int(has_control) + int(has_equal))
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    (args,) = HfArgumentParser(AblationArguments).parse_args_into_dataclasses(args=argv)
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"Unknown variants {unknown}; choose from {list(VARIANTS)}.")
+    os.chdir(ROOT)  # the recipes and the `python -m training.train` subprocesses use paths relative to the root
+    root = Path(args.output_dir or f"outputs/ablation/{args.model_type}")
+    name = args.name or ("ablation_shapes_world" if args.model_type == "clip" else "ablation_shapes_world_siglip")
+    world = ensure_world(args.world_dir)
+    benchmarks = benchmarks_file(root, args.world_dir)
+    order = [v for v in ("control", "c2lip") if v in args.variants]
+    order += [v for v in args.variants if v not in order]
+    equal_steps = args.equal_time_steps
+    batch = ["--per_device_train_batch_size", str(args.batch_size)] if args.batch_size else []
+    prior_extra = batch + (["--max_train_steps", str(args.prior_steps)] if args.prior_steps else [])
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    logs: dict[str, list[list[dict]]] = {}
+    for seed in args.seeds:
+        seed_root = root / f"seed{seed}"
+        prior = prepare_prior(seed_root, args.model_type, seed, world, args.world_dir, benchmarks, prior_extra)
+        results.setdefault("prior", {})[seed] = final_metrics(prior)
+        base = ["--seed", str(seed)] + world_arguments(args.world_dir, benchmarks) + batch
+        base += ["--max_train_steps", str(args.steps)] if args.steps else []
+        for variant in order:
+            recipe, flags, _ = VARIANTS[variant]
+            extra = base + flags + ([] if variant in args.curve_variants else ["--eval_steps", "0"])
+            if variant == "control_equal_time":
+                if equal_steps is None:
+                    if not {"control", "c2lip"} <= set(args.variants):
+                        raise ValueError("control_equal_time needs control and c2lip, or --equal_time_steps.")
+                    equal_steps = equal_time_steps(seed_root / "control", seed_root / "c2lip")
+                    print(f"\ncontrol_equal_time: {equal_steps} steps (C2LIP's training time of seed {seed})")
+                extra = [a for a in extra] + ["--max_train_steps", str(equal_steps)]
+            folder, _ = fine_tune(variant, recipe, seed_root, prior, extra, retrain=args.retrain)
+            results.setdefault(variant, {})[seed] = final_metrics(folder)
+            logs.setdefault(variant, []).append([start_entry(prior), *read_log(folder)])
+
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    title = (
+        f"Shapes world, {args.model_type}, {len(args.seeds)} seeds ({' '.join(map(str, args.seeds))}): mean ± std "
+        "over seeds (each seed: its own init and prior; Δ: mean ± std of the paired differences)"
+    )
+    table = markdown_table(results, args.seeds, title)
+    command = "python examples/ablation_shapes_world.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    (results_dir / f"{name}.md").write_text(f"{table}\n\nCommand: `{command.strip()}`\n")
+    curves = {
+        label: {metric: curve_points(logs[variant], metric) for metric in ("probes/swap", "retrieval/i2t_R@1")}
+        for variant, label in (("control", "control"), ("c2lip", "C2LIP"))
+        if variant in logs
+    }
+    payload = {
+        "command": command.strip(),
+        "model_type": args.model_type,
+        "seeds": args.seeds,
+        "equal_time_steps": equal_steps,
+        "runs": {variant: {str(s): m for s, m in by_seed.items()} for variant, by_seed in results.items()},
+        "summary": aggregate(results, args.seeds),
+        "curves": curves,
+    }
+    (results_dir / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    plotted = {VARIANTS[v][2]: logs[v] for v in ("control", "c2lip") if v in logs}
+    png = plot_learning_curves(
+        plotted, results_dir / f"{name}_curves.png", f"{title.split(':')[0]}: mean ± std over seeds"
+    )
+    print("\n" + table)
+    print(f"\nWritten: {results_dir / f'{name}.md'}, {results_dir / f'{name}.json'}" + (f", {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

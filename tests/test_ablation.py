@@ -1,0 +1,75 @@
+"""`examples/ablation_shapes_world.py`: the aggregation against hand computations, and a tiny run of two seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modeling_concept_clip.evaluation.results import load_runs
+from modeling_concept_clip.shapes_world import GenerateArguments, generate_world
+
+from .test_examples import load_example
+
+ablation = load_example("ablation_shapes_world")
+
+
+def test_table_cells_are_mean_and_sample_std_over_seeds_and_paired_differences():
+    results = {
+        "control": {0: {"probes/swap_att": 0.5, "steps": 500}, 1: {"probes/swap_att": 0.6, "steps": 500}},
+        "c2lip": {0: {"probes/swap_att": 0.7, "steps": 500}, 1: {"probes/swap_att": 0.9, "steps": 500}},
+    }
+    table = ablation.markdown_table(results, [0, 1], "t")
+    row = next(line for line in table.splitlines() if line.startswith("| swap-att |"))
+    # control 50, 60 -> 55.0 ± 7.1; C2LIP 70, 90 -> 80.0 ± 14.1; paired differences 20, 30 -> 25.0 ± 7.1.
+    assert row == "| swap-att | 55.0 ± 7.1 | 80.0 ± 14.1 | 25.0 ± 7.1 |"
+    assert "| zero-shot shape | – | – |" in table  # a metric no run has is shown as missing, not as 0
+
+    summary = ablation.aggregate(results, [0, 1])
+    assert summary["c2lip"]["probes/swap_att"]["mean"] == pytest.approx(0.8)
+    assert summary["c2lip_minus_control"]["probes/swap_att"]["std"] == pytest.approx(0.0707107, rel=1e-5)
+
+
+def test_equal_time_steps_uses_the_controls_time_per_step(tmp_path):
+    for name, step, seconds in (("control", 100, 50.0), ("c2lip", 100, 81.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train_log.jsonl").write_text(json.dumps({"step": step, "train_seconds": seconds}) + "\n")
+    # 81 s at 0.5 s per control step = 162 steps, rounded to 150.
+    assert ablation.equal_time_steps(tmp_path / "control", tmp_path / "c2lip") == 150
+
+
+def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the script changes into the repository root; the fixture changes back
+    world = tmp_path / "world"
+    tiny = dict(num_train=48, num_test=8, captions_per_test_image=2, zeroshot_per_class=2, num_unseen=4)
+    generate_world(GenerateArguments(output_dir=str(world), **tiny))
+    root, results_dir = tmp_path / "ablation", tmp_path / "results"
+    argv = ["--world_dir", str(world), "--output_dir", str(root), "--results_dir", str(results_dir)]
+    argv += ["--seeds", "0", "1", "--variants", "control", "c2lip", "--steps", "2", "--prior_steps", "2"]
+    argv += ["--batch_size", "16", "--name", "tiny"]
+    assert ablation.main(argv) == 0
+
+    payload = json.loads((results_dir / "tiny.json").read_text())
+    assert set(payload["runs"]) == {"prior", "control", "c2lip"}
+    for variant in ("control", "c2lip"):
+        for seed in (0, 1):
+            expected = load_runs(root / f"seed{seed}" / variant / "results.json")[-1].flat_metrics()
+            assert payload["runs"][variant][str(seed)]["probes/swap_att"] == expected["probes/swap_att"]
+            assert payload["runs"][variant][str(seed)]["steps"] == 2
+    # Each seed has its own prior, and both variants of a seed start from it.
+    args = {
+        (seed, variant): json.loads((root / f"seed{seed}" / variant / "training_args.json").read_text())
+        for seed in (0, 1)
+        for variant in ("control", "c2lip")
+    }
+    for seed in (0, 1):
+        starts = {args[seed, v]["model"]["model_name_or_path"] for v in ("control", "c2lip")}
+        assert starts == {str(root / f"seed{seed}" / "bow_prior")}
+        assert args[seed, "c2lip"]["training"]["seed"] == seed
+    swap = {v: [payload["runs"][v][s]["probes/swap_att"] for s in ("0", "1")] for v in ("control", "c2lip")}
+    delta = payload["summary"]["c2lip_minus_control"]["probes/swap_att"]["mean"]
+    assert delta == pytest.approx((swap["c2lip"][0] - swap["control"][0] + swap["c2lip"][1] - swap["control"][1]) / 2)
+    table = (results_dir / "tiny.md").read_text()
+    assert "Δ C2LIP - control (equal steps)" in table and "Command: `python examples/ablation_shapes_world.py" in table
+    assert Path(results_dir / "tiny_curves.png").stat().st_size > 0
