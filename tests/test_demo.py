@@ -29,6 +29,10 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
     table = (root / "results.md").read_text()
     assert "| probes | swap_att |" in table and "Δ (C2LIP - control)" in table
     assert (root / "learning_curves.png").stat().st_size > 0
+    # The model card's model-index names the world's probes, not the public benchmarks whose format they share.
+    card = (root / "c2lip" / "README.md").read_text()
+    assert "dataset:\n      name: Shapes world probes (SugarCrepe format)\n      type: shapes-world" in card
+    assert "sugar-crepe" not in card and "coco-karpathy" not in card
 
     # Identical except for the concept losses: same prior, data, seed, steps and schedule.
     control = json.loads((root / "control" / "training_args.json").read_text())
