@@ -8,6 +8,8 @@ FSDP refuses its 0-dimensional `logit_scale`.)
 """
 
 import json
+import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -68,8 +70,13 @@ def main():
     if rank == 0:
         report = {"loss": [loss.item(), expected.loss.item()], "max_grad_diff": worst, "sharded_modules": len(sharded)}
         print("FSDP2-OK " + json.dumps(report))
+    dist.barrier()  # no process tears gloo down while a peer still has traffic in flight (an abort at exit)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    # About 1 run in 15 aborted at interpreter exit ("terminate called without an active exception": a native thread
+    # still joinable when C++ statics are destroyed), after the check had passed. Leave without running destructors.
+    sys.stdout.flush()
+    os._exit(0)
