@@ -11,18 +11,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_two_processes_match_single_process():
+def run_two_processes(script: str, marker: str) -> dict:
+    """Run `tests/<script>` in 2 gloo processes (torchrun); the JSON report it printed after `marker`."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(ROOT / "tests" / "distributed_c2lip_check.py"),
+        str(ROOT / "tests" / script),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    marker = "C2LIP-DISTRIBUTED-OK "
     line = next(line for line in result.stdout.splitlines() if line.startswith(marker))
-    report = json.loads(line[len(marker) :])
+    return json.loads(line[len(marker) :])
+
+
+@pytest.mark.slow
+def test_two_processes_match_single_process():
+    report = run_two_processes("distributed_c2lip_check.py", "C2LIP-DISTRIBUTED-OK ")
     assert set(report) == {"clip/owner", "clip/shared", "siglip/owner", "siglip/shared"}
     for values in report.values():
         assert values["max_grad_diff"] < 2e-5
@@ -32,14 +36,6 @@ def test_two_processes_match_single_process():
 
 @pytest.mark.slow
 def test_fsdp2_sharded_siglip_matches_single_process():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(ROOT / "tests" / "distributed_fsdp2_check.py"),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("FSDP2-OK "))
-    report = json.loads(line[len("FSDP2-OK ") :])
+    report = run_two_processes("distributed_fsdp2_check.py", "FSDP2-OK ")
     assert report["sharded_modules"] >= 6  # embeddings, encoder layers and the pooling head
     assert report["max_grad_diff"] < 2e-5

@@ -6,10 +6,9 @@ and CLIP_benchmark reuse; `simple` is the single prompt "a photo of a {}."; `cla
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .data import EvaluationDataError
+from .data import EvaluationDataError, read_json
 
 IMAGENET_TEMPLATES = (
     "a bad photo of a {}.",
@@ -112,10 +111,7 @@ def load_templates(spec: str) -> tuple[str, ...]:
     if not path.is_file():
         raise EvaluationDataError(f"{spec}: neither a template set ({', '.join(TEMPLATE_SETS)}) nor a file")
     if path.suffix == ".json":
-        try:
-            templates = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise EvaluationDataError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
+        templates = read_json(path)
     else:
         templates = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not isinstance(templates, list) or not templates:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import IMAGE_EXTENSIONS, EvaluationDataError, ImageRef, files_version
+from .data import IMAGE_EXTENSIONS, EvaluationDataError, ImageRef, files_version, read_json
 from .embedding import Embedder
 from .metrics import load_metric
 from .results import BenchmarkResult, MetricValue
@@ -174,10 +173,7 @@ def read_class_names(path: str | Path, label_names: list[str], num_labels: int) 
     if not path.is_file():
         raise EvaluationDataError(f"{path}: class names file not found")
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise EvaluationDataError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
+        data = read_json(path)
         if isinstance(data, dict):
             missing = [name for name in label_names if name not in data]
             if missing:

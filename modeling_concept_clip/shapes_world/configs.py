@@ -57,8 +57,21 @@ def build_world_tokenizer(model_max_length: int = WORLD_MAX_LENGTH) -> CLIPToken
     return build_word_level_clip_tokenizer(world_words(), model_max_length=model_max_length)
 
 
-def _tower_sizes(width: int, layers: int, heads: int) -> dict:
-    return dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=heads)
+def _tower_configs(
+    tokenizer: CLIPTokenizer, image_size: int, patch_size: int, width: int, layers: int, heads: int, **text_extra
+) -> tuple[dict, dict]:
+    """(text, vision) config kwargs: `layers` x `width` towers; token ids and vocabulary from `tokenizer`."""
+    sizes = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=heads)
+    text = dict(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **text_extra,
+        **sizes,
+    )
+    return text, dict(image_size=image_size, patch_size=patch_size, **sizes)
 
 
 def world_clip_config(
@@ -74,15 +87,7 @@ def world_clip_config(
     36 patches of 8 pixels on 48-pixel images). Token ids (vocabulary, BOS, EOS = padding) come from `tokenizer`;
     EOS is its highest id, so CLIP pools the text at the first EOS (not the legacy argmax rule of `eos_token_id == 2`).
     """
-    text = dict(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **_tower_sizes(width, layers, heads),
-    )
-    vision = dict(image_size=image_size, patch_size=patch_size, **_tower_sizes(width, layers, heads))
+    text, vision = _tower_configs(tokenizer, image_size, patch_size, width, layers, heads)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 
@@ -98,16 +103,7 @@ def world_siglip_config(
     last text position, so texts are padded to `max_length` (64, as the zero-shot pipeline pads SigLIP prompts)."""
     if tokenizer.model_max_length < 64:
         raise ValueError("SigLIP texts are padded to 64 tokens by the zero-shot pipeline: use model_max_length >= 64.")
-    text = dict(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        projection_size=width,
-        **_tower_sizes(width, layers, heads),
-    )
-    vision = dict(image_size=image_size, patch_size=patch_size, **_tower_sizes(width, layers, heads))
+    text, vision = _tower_configs(tokenizer, image_size, patch_size, width, layers, heads, projection_size=width)
     return SiglipConfig(text_config=text, vision_config=vision)
 
 
