@@ -8,7 +8,6 @@ import pytest
 import spacy
 from spacy.tokens import Doc
 
-from modeling_concept_clip import concepts as concepts_module
 from modeling_concept_clip.concepts import (
     ConceptExtractor,
     ConceptExtractorConfig,
@@ -24,6 +23,7 @@ from modeling_concept_clip.concepts import (
     resolve_spacy_model,
     score_concepts,
 )
+from modeling_concept_clip.concepts import pipeline as concepts_module
 
 
 @pytest.fixture(scope="module")
