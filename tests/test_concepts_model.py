@@ -327,3 +327,37 @@ def test_cli_runs_as_a_module(messy_jsonl, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["rows"] == 8
+
+
+UNGUARDED_SCRIPT = """\
+import json, sys
+from modeling_concept_clip.concepts import ConceptExtractor, ConceptExtractorConfig
+
+print("module level ran", flush=True)
+captions = [json.loads(line)["caption"] for line in open(sys.argv[1], encoding="utf-8")][:60]
+config = ConceptExtractorConfig(n_process=2, min_captions_per_process=10)
+extractor = ConceptExtractor(config)
+print(json.dumps(extractor.extract(captions)), flush=True)
+print(json.dumps(extractor._pool is not None))
+"""
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_uses_the_workers(tmp_path, gold, extractor):
+    # Worker processes start with `spawn`, which imports the parent's __main__ in every worker: an unguarded
+    # script would start the extraction again in each of them (BrokenProcessPool). The workers must not run it.
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script), str(GOLD)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "module level ran" and lines.count("module level ran") == 1
+    assert json.loads(lines[1]) == extractor.extract(gold[0][:60])
+    assert json.loads(lines[2]) is True  # the pool did the work

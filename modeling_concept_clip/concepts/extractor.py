@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import sys
+import types
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,6 +48,27 @@ def _available_cpus() -> int:
 
 def _close_pool(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _main_module_hidden(start_method: str) -> Iterator[None]:
+    """Start processes that do not import the parent's `__main__`.
+
+    `spawn` and `forkserver` import `__main__` in every new process so that functions defined there unpickle.
+    The workers need nothing from it (their initializer and tasks live in this package), and in a script that
+    calls the extractor at module level, without an `if __name__ == "__main__":` guard, the import would run the
+    extraction again in each worker, which Python refuses (the pool breaks). `ProcessPoolExecutor` starts its
+    processes in `submit`, so submitting under this context keeps `__main__` out of them.
+    """
+    if start_method == "fork":
+        yield
+        return
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 class ConceptExtractor:
@@ -137,10 +161,9 @@ class ConceptExtractor:
         # Pieces small enough to balance the workers, large enough to amortise the inter-process round trip.
         piece = max(self.config.batch_size, min(4096, len(texts) // (4 * n_process) + 1))
         pieces = [texts[i : i + piece] for i in range(0, len(texts), piece)]
-        results: list[list[str]] = []
-        for part in pool.map(_worker_extract, pieces):
-            results.extend(part)
-        return results
+        with _main_module_hidden(self.config.start_method):
+            futures = [pool.submit(_worker_extract, part) for part in pieces]
+        return [concepts for future in futures for concepts in future.result()]
 
     def _get_pool(self, n_process: int) -> Any:
         if self._pool is None:
