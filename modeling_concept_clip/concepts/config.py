@@ -59,12 +59,24 @@ def _as_word_tuple(words: Iterable[str], name: str) -> tuple[str, ...]:
     return out
 
 
+# The fields of `ConceptExtractorConfig` that hold word lists (tuples of lowercased words).
+WORD_LIST_FIELDS = (
+    "boilerplate_nouns",
+    "boilerplate_modifiers",
+    "boilerplate_prefixes",
+    "generic_nouns",
+    "pronoun_nouns",
+    "partitive_nouns",
+)
+
+
 @dataclass(frozen=True)
 class ConceptExtractorConfig:
     """Settings of [`ConceptExtractor`].
 
     The dataclass is frozen and holds only tuples, so it hashes and pickles the same in every process: it is
-    part of the `datasets` cache key of [`add_concepts_column`].
+    part of the `datasets` cache key of [`add_concepts_column`]. Every field has `help` metadata: the flags of
+    `concept-clip-extract` are these fields (`HfArgumentParser`).
     """
 
     spacy_model: str | None = field(
@@ -81,7 +93,9 @@ class ConceptExtractorConfig:
             "without the parser (faster; sees tags only, so it cannot use attachment to split or join phrases)."
         },
     )
-    max_concepts: int | None = field(default=8, metadata={"help": "Keep at most this many concepts per caption."})
+    max_concepts: int | None = field(
+        default=8, metadata={"help": "Keep at most this many concepts per caption (None, `none` as a flag: no cap)."}
+    )
     fallback: Literal["caption", "none"] = field(
         default="caption",
         metadata={"help": "What a caption without any concept yields: the whole caption, or nothing."},
@@ -89,18 +103,36 @@ class ConceptExtractorConfig:
     max_caption_chars: int = field(
         default=2000, metadata={"help": "Longer captions are invalid (not parsed): they get no concepts."}
     )
-    boilerplate_nouns: tuple[str, ...] = DEFAULT_BOILERPLATE_NOUNS
-    boilerplate_modifiers: tuple[str, ...] = DEFAULT_BOILERPLATE_MODIFIERS
-    boilerplate_prefixes: tuple[str, ...] = DEFAULT_BOILERPLATE_PREFIXES
-    generic_nouns: tuple[str, ...] = DEFAULT_GENERIC_NOUNS
-    pronoun_nouns: tuple[str, ...] = DEFAULT_PRONOUN_NOUNS
-    partitive_nouns: tuple[str, ...] = DEFAULT_PARTITIVE_NOUNS
+    boilerplate_nouns: tuple[str, ...] = field(
+        default=DEFAULT_BOILERPLATE_NOUNS,
+        metadata={"help": "Nouns that describe the picture ('photo', 'image'): a chunk rooted in one is dropped."},
+    )
+    boilerplate_modifiers: tuple[str, ...] = field(
+        default=DEFAULT_BOILERPLATE_MODIFIERS,
+        metadata={"help": "Words trimmed with a boilerplate noun at the end of a chunk ('royalty free')."},
+    )
+    boilerplate_prefixes: tuple[str, ...] = field(
+        default=DEFAULT_BOILERPLATE_PREFIXES,
+        metadata={"help": "Phrases stripped from the start of a chunk ('stock photo businessman')."},
+    )
+    generic_nouns: tuple[str, ...] = field(
+        default=DEFAULT_GENERIC_NOUNS,
+        metadata={"help": "Positional nouns ('top', 'the background'): a chunk rooted in one is dropped."},
+    )
+    pronoun_nouns: tuple[str, ...] = field(
+        default=DEFAULT_PRONOUN_NOUNS,
+        metadata={"help": "Pronoun-like nouns ('someone', 'one'): a chunk rooted in one is dropped."},
+    )
+    partitive_nouns: tuple[str, ...] = field(
+        default=DEFAULT_PARTITIVE_NOUNS,
+        metadata={"help": "Quantity/container nouns that keep their 'of' complement ('a group of people')."},
+    )
     batch_size: int = field(default=256, metadata={"help": "Captions per spaCy batch."})
     n_process: int | None = field(
         default=None,
         metadata={
-            "help": "Worker processes. None: one per available CPU core (at most 8) for large inputs, "
-            "in-process for small ones. 1: always in-process."
+            "help": "Worker processes. None (`none` as a flag, the default): one per available CPU core (at most "
+            "8) for large inputs, in-process for small ones. 1: always in-process."
         },
     )
     min_captions_per_process: int = field(
@@ -134,14 +166,7 @@ class ConceptExtractorConfig:
             raise ValueError(f"`min_captions_per_process` must be >= 1, got {self.min_captions_per_process}.")
         if self.start_method not in ("spawn", "forkserver", "fork"):
             raise ValueError(f"`start_method` must be 'spawn', 'forkserver' or 'fork', got {self.start_method!r}.")
-        for name in (
-            "boilerplate_nouns",
-            "boilerplate_modifiers",
-            "boilerplate_prefixes",
-            "generic_nouns",
-            "pronoun_nouns",
-            "partitive_nouns",
-        ):
+        for name in WORD_LIST_FIELDS:
             # Lists from YAML/CLI become tuples so the config stays hashable and deterministic.
             object.__setattr__(self, name, _as_word_tuple(getattr(self, name), name))
 
