@@ -214,7 +214,20 @@ def messy_jsonl(tmp_path):
 
 def test_cli_jsonl_with_bad_rows(messy_jsonl, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_cli("--input", messy_jsonl, "--skip_invalid_lines", "--output_dir", out, "--chunk_size", 4, "--max_caption_chars", 300) == 0
+    assert (
+        run_cli(
+            "--input",
+            messy_jsonl,
+            "--skip_invalid_lines",
+            "--output_dir",
+            out,
+            "--chunk_size",
+            4,
+            "--max_caption_chars",
+            300,
+        )
+        == 0
+    )
     rows = [row for part in sorted(out.glob("part-*.jsonl")) for row in read_jsonl(part)]
     assert [row.get("id") for row in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
     by_id = {row["id"]: row["concepts"] for row in rows}
@@ -259,7 +272,10 @@ def test_cli_refuses_other_settings_unless_overwrite(messy_jsonl, tmp_path, caps
     assert run_cli("--input", messy_jsonl, "--skip_invalid_lines", "--output_dir", out, "--chunk_size", 4) == 0
     assert run_cli("--input", messy_jsonl, "--skip_invalid_lines", "--output_dir", out, "--chunk_size", 5) == 1
     assert "other settings (chunk_size)" in capsys.readouterr().err
-    assert run_cli("--input", messy_jsonl, "--skip_invalid_lines", "--output_dir", out, "--chunk_size", 5, "--overwrite") == 0
+    assert (
+        run_cli("--input", messy_jsonl, "--skip_invalid_lines", "--output_dir", out, "--chunk_size", 5, "--overwrite")
+        == 0
+    )
     # 10 non-blank lines in chunks of 5; the 3 chunks of the earlier run are gone.
     assert sorted(p.name for p in out.glob("part-*.jsonl")) == ["part-00000.jsonl", "part-00001.jsonl"]
     assert json.loads((out / "summary.json").read_text())["chunks"]["total"] == 2
@@ -321,7 +337,14 @@ def test_cli_missing_input(tmp_path, capsys):
 def test_cli_runs_as_a_module(messy_jsonl, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "modeling_concept_clip.commands.extract_concepts"]
-    command += ["--input", str(messy_jsonl), "--skip_invalid_lines", "--output_dir", str(out), "--disable_progress_bar"]
+    command += [
+        "--input",
+        str(messy_jsonl),
+        "--skip_invalid_lines",
+        "--output_dir",
+        str(out),
+        "--disable_progress_bar",
+    ]
     result = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
