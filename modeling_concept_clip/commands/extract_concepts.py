@@ -686,11 +686,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"concept-clip-extract: error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))
-    mine = set(summary["failed"]) if not args.merge else set(summary["missing"])
-    if mine:
-        print(f"concept-clip-extract: {len(mine)} unfinished:", file=sys.stderr)
-        for name in sorted(mine):
-            print(f"  {name}: {summary['missing'].get(name) or summary['failed'][name]}", file=sys.stderr)
+    problems = summary["missing"] if args.merge else summary["failed"]
+    if problems:
+        what = "not finished" if args.merge else "failed (a rerun retries them)"
+        print(f"concept-clip-extract: {len(problems)} {what}:", file=sys.stderr)
+        for name, reason in sorted(problems.items()):
+            print(f"  {name}: {reason}", file=sys.stderr)
         return 1
     return 0
 

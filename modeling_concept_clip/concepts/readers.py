@@ -147,7 +147,7 @@ def read_tar_captions(path: str, caption_member: str = "txt", caption_key: str |
 
     Raises:
         InputFileError: a caption is not valid UTF-8 (named by key).
-        tarfile.TarError, EOFError, OSError: the shard is truncated or not a tar file.
+        tarfile.TarError, EOFError, OSError: the shard is truncated (no end-of-archive blocks) or not a tar file.
     """
     shard = ShardCaptions()
     with tarfile.open(path, mode="r|*") as stream:
@@ -172,6 +172,11 @@ def read_tar_captions(path: str, caption_member: str = "txt", caption_key: str |
                     "WebDataset text members are UTF-8: rewrite the shard with its captions encoded as UTF-8."
                 ) from None
             shard.captions[-1] = caption_value(text, caption_key)
+        # tarfile ends quietly where a truncated archive stops; a complete one ends with two zero blocks.
+        size = os.path.getsize(path)
+        if size < stream.offset + 2 * tarfile.BLOCKSIZE:
+            after = f"after sample {shard.keys[-1]!r}" if shard.keys else "before any sample"
+            raise tarfile.ReadError(f"{path} is truncated: it stops at byte {size}, {after}, with no end-of-archive")
     return shard
 
 
