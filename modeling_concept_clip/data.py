@@ -12,7 +12,7 @@ Supported sources, all giving rows with an image column and a caption column (pl
 
 Images are not decoded here: image features are cast to `Image(decode=False)` so that the collator reads them,
 and a corrupt file becomes a counted skip instead of an exception inside a data-loader worker. A data file that
-cannot be read as it is (not UTF-8, a line that is not JSON, empty) raises [`DataFileError`] naming the file, the
+cannot be read as it is (not UTF-8, a line that is not JSON, empty) raises `InputFileError` naming the file, the
 line and the fix, before training starts.
 """
 
@@ -36,10 +36,6 @@ logger = logging.getLogger(__name__)
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".tar": "webdataset"}
 _WEBDATASET_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-
-
-class DataFileError(InputFileError):
-    """A training data file that cannot be read as it is; the message names the file, the line and the fix."""
 
 
 def _expand(pattern: str) -> list[str]:
@@ -132,7 +128,7 @@ def _load_data_files(builder: str, files: list[str], streaming: bool, cache_dir:
     if builder in ("json", "csv"):
         for path in local:
             if os.path.getsize(path) == 0:
-                raise DataFileError(f"{path} is empty: remove it from the data files or fill it.")
+                raise InputFileError(f"{path} is empty: remove it from the data files or fill it.")
             # pyarrow's JSON reader takes bytes that are not UTF-8 and fails only when the row is read, mid-run.
             fix = (
                 f"Convert it to UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8 {path} > converted{Path(path).suffix}`), or "
@@ -151,7 +147,7 @@ def _load_data_files(builder: str, files: list[str], streaming: bool, cache_dir:
             for path in local:
                 _check_json_lines(path)
         cause = error.__cause__ or error.__context__ or error
-        raise DataFileError(
+        raise InputFileError(
             f"Could not read {', '.join(files[:5])}{' ...' if len(files) > 5 else ''} as {builder}: "
             f"{type(cause).__name__}: {cause}"
         ) from error
@@ -160,7 +156,7 @@ def _load_data_files(builder: str, files: list[str], streaming: bool, cache_dir:
 def _check_json_lines(path: str) -> None:
     for line_no, row in read_json_lines(path):
         if row is None:
-            raise DataFileError(
+            raise InputFileError(
                 f"{path}, line {line_no}: not a JSON object. Fix or delete the line, or write a copy without it with "
                 f"`concept-clip-extract --input {path} --skip_invalid_lines --output_dir <folder>` and train on "
                 "the copy."

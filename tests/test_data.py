@@ -11,7 +11,8 @@ import pytest
 from modeling_concept_clip.collator import ConceptCollator
 from modeling_concept_clip.commands import extract_concepts as cli
 from modeling_concept_clip.concepts import resolve_spacy_model
-from modeling_concept_clip.data import DataFileError, load_image_text_dataset, resolve_columns
+from modeling_concept_clip.concepts.readers import InputFileError
+from modeling_concept_clip.data import load_image_text_dataset, resolve_columns
 from modeling_concept_clip.testing_utils import build_tiny_model_and_processor
 from tests.shard_fixtures import gold_captions, png_bytes, write_tar_shards
 
@@ -91,7 +92,7 @@ def test_bad_data_files_are_named_with_the_line_and_the_fix(tmp_path, streaming)
     def load(name, content: bytes):
         path = tmp_path / name
         path.write_bytes(content)
-        with pytest.raises(ValueError) as error:
+        with pytest.raises(InputFileError) as error:
             load_image_text_dataset(data_file=str(path), streaming=streaming)
         return str(error.value)
 
