@@ -28,6 +28,7 @@ from typing import Any
 import datasets
 import pyarrow as pa
 from datasets import Dataset, IterableDataset
+from datasets.fingerprint import Hasher
 
 from .concepts.readers import InputFileError, check_encoding, read_json_lines
 from .concepts.shards import concepts_file, expand_pattern, is_pattern, missing_concepts_files, read_shard_concepts
@@ -165,9 +166,9 @@ def _check_json_lines(path: str) -> None:
 
 @dataclass(frozen=True)
 class ShardConceptsJoin:
-    """The batched `map` function of [`join_shard_concepts`]: the concepts of each sample, by its shard (`__url__`)
-    and `__key__`. Plain data only, so `datasets` fingerprints it the same in every process; `files_digest` (names,
-    sizes and modification times of the concepts files) makes a changed concepts file a new cache entry."""
+    """The concepts of each sample of a batch, by its shard (`__url__`) and `__key__` ([`join_shard_concepts`]).
+    Plain data only, so `datasets` fingerprints it the same in every process; `files_digest` (names, sizes and
+    modification times of the concepts files) makes a changed concepts file a new fingerprint."""
 
     concepts_dir: str
     column: str
@@ -201,10 +202,20 @@ def join_shard_concepts(
         stat = concepts_file(concepts_dir, shard).stat()
         digest.update(f"{concepts_file(concepts_dir, shard).name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     function = ShardConceptsJoin(str(Path(concepts_dir).resolve()), column, digest.hexdigest())
-    features = dataset.features.copy() if dataset.features is not None else None
-    if features is not None:
-        features[column] = datasets.Sequence(datasets.Value("string"))
-    return dataset.map(function, batched=True, features=features)
+    feature = datasets.Sequence(datasets.Value("string"))
+    if isinstance(dataset, IterableDataset):
+        features = dataset.features.copy() if dataset.features is not None else None
+        if features is not None:
+            features[column] = feature
+        return dataset.map(function, batched=True, features=features)
+    # `map` would write every image again into a new cache file: compute the one new column and attach it.
+    arrow_type = pa.list_(pa.string())
+    keys = dataset.select_columns(["__url__", "__key__"])
+    values = [pa.array(function(batch)[column], arrow_type) for batch in keys.iter(batch_size=10_000)]
+    fingerprint = Hasher.hash((dataset._fingerprint, function))
+    return dataset.add_column(
+        column, pa.chunked_array(values, arrow_type), new_fingerprint=fingerprint, feature=feature
+    )
 
 
 def _undecoded_images(dataset: Dataset | IterableDataset) -> Dataset | IterableDataset:
