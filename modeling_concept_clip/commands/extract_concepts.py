@@ -44,6 +44,8 @@ concept-clip-extract --input 'cc3m/{00000..00331}.tar' --output_dir cc3m-concept
 ```
 """
 
+import functools
+import glob
 import json
 import logging
 import os
@@ -53,7 +55,7 @@ import tarfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -227,7 +229,6 @@ def detect_format(path: str) -> str:
         raise ValueError(f"{path} is a folder but neither a saved `datasets` folder nor a folder of .parquet files.")
     suffix = p.suffix.lower()
     formats = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-    formats[".tar"] = "webdataset"
     if suffix not in formats:
         raise ValueError(f"Cannot tell the format of {path}; pass --input_format.")
     return formats[suffix]
@@ -513,12 +514,14 @@ def _process_chunk(
 def _check_run_file(output_dir: Path, run: dict[str, Any], overwrite: bool, write: bool = True) -> None:
     run_file = output_dir / RUN_FILE
     if overwrite:
-        for path in [*output_dir.glob("*.stats.json"), *output_dir.glob("*.error.json")]:
-            path.unlink()
-        for path in output_dir.glob("part-*"):
-            path.unlink()
-        for path in output_dir.glob("*.parquet"):
-            path.unlink()
+        # What earlier runs wrote: chunks, and the files of every name that has a stats or error record.
+        names = {
+            path.name.rsplit(".", 2)[0]
+            for pattern in ("*.stats.json", "*.error.json")
+            for path in output_dir.glob(pattern)
+        }
+        for path in [*output_dir.glob("part-*"), *(p for n in names for p in output_dir.glob(f"{glob.escape(n)}.*"))]:
+            path.unlink(missing_ok=True)
         (output_dir / SUMMARY_FILE).unlink(missing_ok=True)
     elif run_file.exists():
         previous = json.loads(run_file.read_text(encoding="utf-8"))
@@ -572,11 +575,8 @@ def run_extraction(args: ExtractConceptsArguments, config: ConceptExtractorConfi
     for name in (source.unit_names[i] for i in owned):  # temporary files of this job's units, left by a killed run
         for stale in output_dir.glob(f".{name}.*.tmp-*"):
             stale.unlink()
-    if shard_mode:
-        chunks: Iterator[_Chunk | int] = iter(owned)  # shards load one at a time, after the "finished" check
-        total = None
-    else:
-        chunks = (chunk for chunk in _iter_table_chunks(args, source) if chunk.index in owned)
+    total = None
+    if not shard_mode:  # the lines of this job's chunks
         total = (
             min(source.rows + len(source.invalid_lines), owned.stop * args.chunk_size) - owned.start * args.chunk_size
         )
@@ -586,29 +586,24 @@ def run_extraction(args: ExtractConceptsArguments, config: ConceptExtractorConfi
     start_time = time.perf_counter()
     progress = tqdm(total=total, unit=" captions", unit_scale=True, disable=args.disable_progress_bar)
     with ConceptExtractor(config) as extractor:
-        for item in chunks:
-            index = item if isinstance(item, int) else item.index
-            name = source.unit_names[index]
-            part_path, stats_path, error_path = _unit_paths(output_dir, name, suffix)
+        for index, load in _units(args, source, owned):
+            part_path, stats_path, error_path = _unit_paths(output_dir, source.unit_names[index], suffix)
             if stats_path.exists() and part_path.exists():
                 skipped += 1
-                if not shard_mode:
-                    progress.update(item.num_rows + len(item.invalid_json_lines))
+                if not shard_mode:  # a chunk is read anyway (the file is read in order); a shard is not
+                    progress.update(load().num_rows + len(load().invalid_json_lines))
                 continue
             unit_start = time.perf_counter()
-            if shard_mode:
-                try:
-                    item = _load_shard(args, source, index)
-                except _SHARD_ERRORS as error:
-                    failed[source.shards[index]] = reason = f"{type(error).__name__}: {error}"
-                    logger.error("Shard %s failed: %s", source.shards[index], reason)
-                    _atomic_write_bytes(
-                        error_path, json.dumps({"shard": source.shards[index], "error": reason}).encode()
-                    )
-                    continue
-            _rebase_image_paths(item, image_column, input_dir, str(output_dir.resolve()))
-            concepts, stats = _process_chunk(item, args, extractor, progress)
-            _write_chunk(part_path, item, concepts, args.output_column, output_format)
+            try:
+                chunk = load()
+            except _SHARD_ERRORS as error:
+                failed[source.shards[index]] = reason = f"{type(error).__name__}: {error}"
+                logger.error("Shard %s failed: %s", source.shards[index], reason)
+                _atomic_write_bytes(error_path, json.dumps({"shard": source.shards[index], "error": reason}).encode())
+                continue
+            _rebase_image_paths(chunk, image_column, input_dir, str(output_dir.resolve()))
+            concepts, stats = _process_chunk(chunk, args, extractor, progress)
+            _write_chunk(part_path, chunk, concepts, args.output_column, output_format)
             stats.update(file=part_path.name, seconds=round(time.perf_counter() - unit_start, 3))
             if shard_mode:
                 stats.update(shard=source.shards[index])
@@ -620,6 +615,20 @@ def run_extraction(args: ExtractConceptsArguments, config: ConceptExtractorConfi
     progress.close()
     seconds = time.perf_counter() - start_time
     return _finish(output_dir, run, source, suffix, failed, processed_rows, processed, skipped, seconds)
+
+
+def _units(
+    args: ExtractConceptsArguments, source: _Source, owned: range
+) -> Iterator[tuple[int, Callable[[], _Chunk]]]:
+    """This job's chunks or shards in order, as `(index, load)`. A shard is read only when `load` is called; the
+    chunks of one table come from one pass over it."""
+    if source.shards is not None:
+        for index in owned:
+            yield index, functools.partial(_load_shard, args, source, index)
+        return
+    for chunk in _iter_table_chunks(args, source):
+        if chunk.index in owned:
+            yield chunk.index, lambda chunk=chunk: chunk
 
 
 def _finish(
