@@ -136,7 +136,11 @@ class ConceptExtractorConfig:
         },
     )
     min_captions_per_process: int = field(
-        default=2000, metadata={"help": "Below this many distinct captions per worker, stay in-process."}
+        default=2000,
+        metadata={
+            "help": "Stay in-process for calls with fewer distinct captions per worker, unless this many per worker "
+            "have come over all calls so far and the call gives each worker a batch (a long run fed in pieces)."
+        },
     )
     fast_pos: bool = field(
         default=True,

@@ -95,6 +95,7 @@ class ConceptExtractor:
         self._pos_mapper: FastPosMapper | None = None
         self._pool: Any = None
         self._pool_finalizer: Any = None
+        self._captions_seen = 0  # distinct captions of all calls so far
 
     @property
     def nlp(self) -> Language:
@@ -145,7 +146,12 @@ class ConceptExtractor:
 
     def _extract_unique(self, texts: list[str]) -> list[list[str]]:
         n_process = self.n_process
-        if n_process > 1 and len(texts) >= n_process * self.config.min_captions_per_process:
+        self._captions_seen += len(texts)
+        threshold = n_process * self.config.min_captions_per_process
+        # A long run fed in pieces (one shard per call) pays the workers' start-up once: once enough captions have
+        # come, any call that gives each worker a batch uses them.
+        long_run = self._captions_seen >= threshold and len(texts) >= n_process * self.config.batch_size
+        if n_process > 1 and (len(texts) >= threshold or long_run):
             return self._extract_parallel(texts, n_process)
         return self._extract_clean(texts)
 
