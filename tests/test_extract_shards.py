@@ -2,11 +2,13 @@
 by `__key__`, resume after kill -9, the `--num_shards` partition over separate jobs, and missing or corrupt shards
 reported by name."""
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -192,3 +194,16 @@ def test_kill_9_mid_run_then_rerun_gives_identical_output(tmp_path):
     assert len(list(whole.glob("*.parquet"))) == 30
     assert not [p for p in killed.iterdir() if ".tmp-" in p.name]
     assert json.loads((killed / "summary.json").read_text())["shards"]["skipped_finished"] == finished
+
+
+def test_a_caption_that_is_not_utf8_fails_its_shard_naming_the_sample(tmp_path, capsys):
+    write_tar_shards(tmp_path / "shards", num_shards=2, per_shard=3)
+    with tarfile.open(tmp_path / "shards" / "00001.tar", "w") as tar:
+        for key, text in (("a", b"a red couch"), ("b", "a café table".encode("latin-1"))):
+            info = tarfile.TarInfo(f"{key}.txt")
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    out = tmp_path / "concepts"
+    assert run_cli("--input", tmp_path / "shards" / "*.tar", "--output_dir", out) == 1
+    assert "00001.tar, sample 'b': the txt member is not valid UTF-8 (byte 0xe9)" in capsys.readouterr().err
+    assert sorted(read_concepts(out)) == ["00000.parquet"]
