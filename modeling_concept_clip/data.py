@@ -128,7 +128,7 @@ def _load_data_files(builder: str, files: list[str], streaming: bool, cache_dir:
     local = [f for f in files if "://" not in f]
     if builder in ("json", "csv"):
         for path in local:
-            if os.path.getsize(path) == 0:
+            if _is_blank(path):
                 raise InputFileError(f"{path} is empty: remove it from the data files or fill it.")
             # pyarrow's JSON reader takes bytes that are not UTF-8 and fails only when the row is read, mid-run.
             fix = (
@@ -152,6 +152,11 @@ def _load_data_files(builder: str, files: list[str], streaming: bool, cache_dir:
             f"Could not read {', '.join(files[:5])}{' ...' if len(files) > 5 else ''} as {builder}: "
             f"{type(cause).__name__}: {cause}"
         ) from error
+
+
+def _is_blank(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return not any(block.strip() for block in iter(lambda: handle.read(1 << 16), b""))
 
 
 def _check_json_lines(path: str) -> None:

@@ -106,6 +106,7 @@ def test_bad_data_files_are_named_with_the_line_and_the_fix(tmp_path, streaming)
     message = load("list.jsonl", good + b"[1, 2]\n")
     assert "list.jsonl, line 2: not a JSON object" in message
     assert "empty.jsonl is empty" in load("empty.jsonl", b"")
+    assert "blank.jsonl is empty" in load("blank.jsonl", b"\n  \n")
     assert "empty.csv is empty" in load("empty.csv", b"")
 
 
