@@ -78,7 +78,6 @@ from modeling_concept_clip.concepts import (
 from modeling_concept_clip.concepts.config import WORD_LIST_FIELDS
 from modeling_concept_clip.concepts.readers import (
     InputFileError,
-    ShardCaptions,
     caption_value,
     read_csv_rows,
     read_json_lines,
@@ -370,12 +369,8 @@ def _load_shard(args: ExtractConceptsArguments, source: _Source, index: int) -> 
         shard = read_parquet_captions(path, args.caption_column, args.caption_key, args.key_column)
     if shard.keys and args.caption_column not in shard.members:
         raise _missing_column_error(args.caption_column, path, list(shard.members))
-    return _shard_chunk(index, path, shard)
-
-
-def _shard_chunk(index: int, path: str, shard: ShardCaptions) -> _Chunk:
-    table = pa.table({KEY_COLUMN: pa.array(shard.keys, pa.string())})
-    return _Chunk(index, shard_name(path), table=table, captions=shard.captions, skipped_rows=shard.skipped_rows)
+    keys = pa.table({KEY_COLUMN: pa.array(shard.keys, pa.string())})
+    return _Chunk(index, shard_name(path), table=keys, captions=shard.captions, skipped_rows=shard.skipped_rows)
 
 
 def _rebase_image_paths(chunk: _Chunk, column: str | None, input_dir: str, output_dir: str) -> None:
