@@ -8,7 +8,9 @@ Measures captions/s, in one run, on the same captions, of:
   strings), cold (worker start-up timed) and warm (workers already running, as in a long run);
 * the same in-process (``n_process=1``), to separate the two speed-ups;
 * the tag-pattern mode without the parser (``mode="pos"``);
-* the default on captions repeated at a realistic rate (the only row where deduplication helps).
+* the default on captions repeated at a realistic rate (the only row where deduplication helps);
+* with `--shards`, `concept-clip-extract` end to end over WebDataset tar shards of the same captions (img2dataset's
+  10,000 samples per shard, an image-sized payload per sample), start-up, reading and writing included.
 
 The captions are generated from templates and vocabulary in the style of web alt-text and short re-captions, and
 are all distinct. Every mode runs ``--repeats`` times, interleaved with the others, so load from other processes
@@ -19,17 +21,27 @@ Run (about 15 minutes on 2 cores with 5 repeats):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_concepts.py --num-captions 20000 --repeats 5 \
         --output benchmarks/results/bench_concepts.txt
+
+The shard path alone (`--modes none` skips the in-memory modes):
+
+    HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python benchmarks/bench_concepts.py --num-captions 40000 --repeats 3 \
+        --modes none --shards --output benchmarks/results/bench_concepts_shards.txt
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
 import random
+import resource
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -211,6 +223,86 @@ def run_mode(mode: Mode, data: dict[str, list[str]], nlp_full: spacy.language.La
     mode.walls.append(wall)
 
 
+def write_shards(folder: Path, captions: list[str], shard_size: int, image_bytes: int) -> list[Path]:
+    """Tar shards as img2dataset writes them: per sample `<key>.jpg` (random bytes of an image's size), `.txt`, `.json`."""
+    rng = random.Random(0)
+    paths = []
+    for shard, start in enumerate(range(0, len(captions), shard_size)):
+        path = folder / f"{shard:05d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for index, caption in enumerate(captions[start : start + shard_size]):
+                key = f"{shard:05d}{index:04d}"
+                meta = json.dumps({"key": key, "caption": caption, "status": "success"})
+                for extension, payload in (
+                    ("jpg", rng.randbytes(image_bytes)),
+                    ("txt", caption.encode("utf-8")),
+                    ("json", meta.encode("utf-8")),
+                ):
+                    info = tarfile.TarInfo(f"{key}.{extension}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+        paths.append(path)
+    return paths
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU time of the finished child processes and their own finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_shards(captions: list[str], repeats: int, shard_size: int, image_bytes: int) -> list[str]:
+    """`concept-clip-extract` over tar shards of `captions`, as a user runs it (a new process, default settings),
+    and over the first half of the shards: the difference in CPU time is the cost of the extra captions alone,
+    without the fixed start-up (imports, one pipeline per worker)."""
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = write_shards(Path(tmp), captions, shard_size, image_bytes)
+        size = sum(path.stat().st_size for path in shards)
+        half = len(shards) // 2
+        runs = {"all": (len(shards), len(captions)), "half": (half, min(len(captions), half * shard_size))}
+        walls, inner, cpus = {k: [] for k in runs}, {k: [] for k in runs}, {k: [] for k in runs}
+        for repeat in range(repeats):
+            for name, (count, n) in runs.items():
+                pattern = f"{tmp}/{{00000..{count - 1:05d}}}.tar"
+                command = [sys.executable, "-m", "modeling_concept_clip.commands.extract_concepts", "--input", pattern]
+                command += ["--output_dir", str(Path(tmp) / f"out-{name}-{repeat}"), "--disable_progress_bar"]
+                cpu, start = _children_cpu_seconds(), time.perf_counter()
+                result = subprocess.run(command, capture_output=True, text=True, check=True)
+                walls[name].append(time.perf_counter() - start)
+                cpus[name].append(_children_cpu_seconds() - cpu)
+                inner[name].append(json.loads(result.stdout)["captions_per_second_this_run"])
+                print(f"repeat {repeat + 1}: {count} shards: {n / walls[name][-1]:,.0f} captions/s", flush=True)
+        n, n_half = runs["all"][1], runs["half"][1]
+        marginal = [(n - n_half) / (full - part) for full, part in zip(cpus["all"], cpus["half"])]
+        lines += [
+            "",
+            f"## `concept-clip-extract` over WebDataset shards ({len(shards)} shards of {shard_size} samples, "
+            f"{size / 2**20:.0f} MiB, {image_bytes} bytes of image per sample; {repeats} runs of each size)",
+            "",
+            f"- command: `concept-clip-extract --input '<tmp>/{{00000..{len(shards) - 1:05d}}}.tar' --output_dir "
+            f"<tmp>/out` (default settings: one worker per core), and the same over the first {half} shards",
+            "",
+            "| what | best | median |",
+            "|---|---|---|",
+            f"| whole command, captions/s (start-up, pipeline loads, reading, writing) | {n / min(walls['all']):,.0f} | "
+            f"{statistics.median(n / wall for wall in walls['all']):,.0f} |",
+            f"| extraction loop, captions/s (summary's captions_per_second_this_run) | {max(inner['all']):,.0f} | "
+            f"{statistics.median(inner['all']):,.0f} |",
+            f"| whole command, captions per CPU-second (all its processes) | {n / min(cpus['all']):,.0f} | "
+            f"{statistics.median(n / cpu for cpu in cpus['all']):,.0f} |",
+            f"| start-up, CPU-seconds (extrapolated to 0 captions) | "
+            f"{min(c - n / m for c, m in zip(cpus['all'], marginal)):.1f} | "
+            f"{statistics.median(c - n / m for c, m in zip(cpus['all'], marginal)):.1f} |",
+            f"| per core: captions per CPU-second beyond start-up ({n - n_half} captions more) | {max(marginal):,.0f} | "
+            f"{statistics.median(marginal):,.0f} |",
+            "",
+            "Captions per CPU-second is the rate of one fully used core, whatever else the machine runs; wall-clock "
+            "rates fall when other processes share the cores (see the load average).",
+        ]
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-captions", type=int, default=20000)
@@ -218,6 +310,10 @@ def main() -> int:
     parser.add_argument("--duplicate-rate", type=float, default=0.3, help="for the labelled repeated-captions row")
     parser.add_argument("--spacy-model", default=None)
     parser.add_argument("--output", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--modes", choices=["all", "none"], default="all", help="'none': only --shards")
+    parser.add_argument("--shards", action="store_true", help="also time concept-clip-extract over tar shards")
+    parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (img2dataset's default)")
+    parser.add_argument("--image-bytes", type=int, default=16_000, help="image payload per sample")
     args = parser.parse_args()
 
     model = resolve_spacy_model(args.spacy_model)
@@ -245,6 +341,8 @@ def main() -> int:
             captions="repeated",
         ),
     ]
+    if args.modes == "none":
+        modes = []
     for mode in modes:
         if mode.config is not None:
             with ConceptExtractor(replace(mode.config, n_process=1)) as extractor:
@@ -258,10 +356,10 @@ def main() -> int:
         for mode in modes:
             run_mode(mode, data, nlp_full)
             print(f"repeat {repeat + 1}: {mode.label}: {len(captions) / mode.walls[-1]:,.0f} captions/s", flush=True)
+    shard_lines = run_shards(captions, args.repeats, args.shard_size, args.image_bytes) if args.shards else []
     load_after = os.getloadavg()
 
     n = len(captions)
-    naive_best = n / min(modes[0].walls)
     lines = [
         f"# Concept extraction benchmark ({n} distinct generated captions, {args.repeats} interleaved runs per mode)",
         "",
@@ -274,26 +372,31 @@ def main() -> int:
         f"{statistics.mean(len(c.split()) for c in captions):.1f} words on average",
         f"- gold set: {len(gold_captions)} hand-labelled captions; precision/recall micro-averaged over concepts, "
         "matched after normalisation",
-        "",
-        "| mode | best captions/s | median captions/s | best vs naive | CPU s per 1k captions | gold P | gold R |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for mode in modes:
-        rates = sorted(n / wall for wall in mode.walls)
-        gold = f"{mode.gold['precision']:.3f} | {mode.gold['recall']:.3f}" if mode.gold else "- | -"
-        lines.append(
-            f"| {mode.label} | {rates[-1]:,.0f} | {statistics.median(rates):,.0f} | {rates[-1] / naive_best:.2f}x "
-            f"| {1000 * statistics.median(mode.cpus) / n:.2f} | {gold} |"
-        )
-    lines += [
-        "",
-        "Wall-clock rates over the same captions; 'best' is the fastest of the interleaved runs (the machine may be "
-        "shared: see the load average), 'median' the middle one. 'cold' includes spawning the worker processes "
-        "and loading a pipeline in each; 'warm' workers were started on other captions first, as in a long run "
-        "over millions of captions. CPU seconds count this process and its workers during the timed call (for 'cold', their start-up too). The generated captions are "
-        "all distinct, so deduplication plays no part except in the last row, which repeats captions at the "
-        "stated rate, as web data does.",
-    ]
+    if modes:
+        naive_best = n / min(modes[0].walls)
+        lines += [
+            "",
+            "| mode | best captions/s | median captions/s | best vs naive | CPU s per 1k captions | gold P | gold R |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for mode in modes:
+            rates = sorted(n / wall for wall in mode.walls)
+            gold = f"{mode.gold['precision']:.3f} | {mode.gold['recall']:.3f}" if mode.gold else "- | -"
+            lines.append(
+                f"| {mode.label} | {rates[-1]:,.0f} | {statistics.median(rates):,.0f} | {rates[-1] / naive_best:.2f}x "
+                f"| {1000 * statistics.median(mode.cpus) / n:.2f} | {gold} |"
+            )
+        lines += [
+            "",
+            "Wall-clock rates over the same captions; 'best' is the fastest of the interleaved runs (the machine may "
+            "be shared: see the load average), 'median' the middle one. 'cold' includes spawning the worker "
+            "processes and loading a pipeline in each; 'warm' workers were started on other captions first, as in a "
+            "long run over millions of captions. CPU seconds count this process and its workers during the timed "
+            "call (for 'cold', their start-up too). The generated captions are all distinct, so deduplication plays "
+            "no part except in the last row, which repeats captions at the stated rate, as web data does.",
+        ]
+    lines += shard_lines
     report = "\n".join(lines)
     print(report)
     if args.output is not None:

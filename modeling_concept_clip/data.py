@@ -5,22 +5,33 @@ Supported sources, all giving rows with an image column and a caption column (pl
 - a Hub dataset id or a folder written by `Dataset.save_to_disk` (`dataset_name`);
 - JSON Lines / JSON, CSV or parquet files whose image column holds paths relative to the file's folder (or
   absolute paths), also as globs (`train_file`);
-- WebDataset tar shards (`train_file` ending in `.tar`; image columns `jpg`/`png`/..., caption column `txt`);
+- WebDataset tar shards (`train_file` ending in `.tar`, a glob or a brace pattern such as
+  `cc3m/{00000..00331}.tar`; image columns `jpg`/`png`/..., caption column `txt`), optionally with their concepts
+  joined by `__key__` from the per-shard files that `concept-clip-extract` writes (`concepts_dir`);
 - an `imagefolder` directory with `metadata.jsonl` (`train_dir`; image column `image`).
 
 Images are not decoded here: image features are cast to `Image(decode=False)` so that the collator reads them,
-and a corrupt file becomes a counted skip instead of an exception inside a data-loader worker.
+and a corrupt file becomes a counted skip instead of an exception inside a data-loader worker. A data file that
+cannot be read as it is (not UTF-8, a line that is not JSON, empty) raises `InputFileError` naming the file, the
+line and the fix, before training starts.
 """
 
 from __future__ import annotations
 
-import glob
+import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
+import pyarrow as pa
 from datasets import Dataset, IterableDataset
+from datasets.fingerprint import Hasher
+
+from .concepts.readers import InputFileError, check_encoding, read_json_lines
+from .concepts.shards import concepts_file, expand_pattern, is_pattern, missing_concepts_files, read_shard_concepts
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +40,14 @@ _WEBDATASET_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 def _expand(pattern: str) -> list[str]:
-    """A path or a glob, as a sorted list of existing files (a clear error when none matches)."""
+    """A path, a glob or a brace pattern, as a list of existing files (a clear error naming any that is missing)."""
     if "://" in pattern or os.path.exists(pattern):
         return [pattern]
-    matches = sorted(glob.glob(pattern))
+    matches = expand_pattern(pattern) if is_pattern(pattern) else []
+    missing = [path for path in matches if "://" not in path and not os.path.exists(path)]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise FileNotFoundError(f"{len(missing)} file(s) of {pattern!r} do not exist: {shown}.")
     if not matches:
         raise FileNotFoundError(f"No file matches {pattern!r}.")
     return matches
@@ -54,15 +69,23 @@ def load_image_text_dataset(
     split: str = "train",
     streaming: bool = False,
     cache_dir: str | None = None,
+    concepts_dir: str | None = None,
+    concepts_column: str = "concepts",
 ) -> tuple[Dataset | IterableDataset, str | None]:
     """Load one split; returns `(dataset, image_root)`.
 
     `image_root` is the folder against which relative image paths are resolved (the data file's folder), or
     `None` when the images are stored in the dataset itself.
+
+    With `concepts_dir` (WebDataset shards only), each sample gets `concepts_column` from its shard's concepts file
+    in `concepts_dir` (see `modeling_concept_clip.concepts.shards`); every shard must have one. A sample whose key
+    is not in its shard's file gets `None`, which the collator counts as a "concepts" skip.
     """
     given = [x for x in (dataset_name, data_file, data_dir) if x]
     if len(given) != 1:
         raise ValueError("Give exactly one data source: dataset_name, a data file (train_file) or train_dir.")
+    if concepts_dir and not data_file:
+        raise ValueError("concepts_dir joins concepts to WebDataset tar shards given as a data file (train_file).")
     image_root = None
     if dataset_name:
         if os.path.isdir(dataset_name) and os.path.exists(os.path.join(dataset_name, "state.json")):
@@ -87,12 +110,117 @@ def load_image_text_dataset(
         if len(builders) != 1:
             raise ValueError(f"{data_file!r} mixes file types ({sorted(builders)}).")
         builder = builders.pop()
-        dataset = datasets.load_dataset(
-            builder, data_files={"train": files}, split="train", streaming=streaming, cache_dir=cache_dir
-        )
+        if concepts_dir and builder != "webdataset":
+            raise ValueError(
+                f"concepts_dir joins concepts to WebDataset tar shards, not to {builder} files: train on the files "
+                "that concept-clip-extract wrote (they carry a concepts column)."
+            )
+        dataset = _load_data_files(builder, files, streaming, cache_dir)
+        if concepts_dir:
+            dataset = join_shard_concepts(dataset, files, concepts_dir, concepts_column)
         if builder != "webdataset":
             image_root = str(Path(files[0]).resolve().parent)
     return _undecoded_images(dataset), image_root
+
+
+def _load_data_files(builder: str, files: list[str], streaming: bool, cache_dir: str | None):
+    """`datasets.load_dataset` of local data files; what it cannot read is reported by file, line and fix."""
+    local = [f for f in files if "://" not in f]
+    if builder in ("json", "csv"):
+        for path in local:
+            if _is_blank(path):
+                raise InputFileError(f"{path} is empty: remove it from the data files or fill it.")
+            # pyarrow's JSON reader takes bytes that are not UTF-8 and fails only when the row is read, mid-run.
+            fix = (
+                f"Convert it to UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8 {path} > converted{Path(path).suffix}`), or "
+                f"write a UTF-8 copy with `concept-clip-extract --input {path} --encoding <its encoding> "
+                "--output_dir <folder>` and train on the copy."
+            )
+            check_encoding(path, fix=fix)
+            if builder == "json" and streaming:  # a stream would fail on a bad line only when it gets there
+                _check_json_lines(path)
+    try:
+        return datasets.load_dataset(
+            builder, data_files={"train": files}, split="train", streaming=streaming, cache_dir=cache_dir
+        )
+    except (datasets.exceptions.DatasetGenerationError, pa.ArrowInvalid, StopIteration) as error:
+        if builder == "json":
+            for path in local:
+                _check_json_lines(path)
+        cause = error.__cause__ or error.__context__ or error
+        raise InputFileError(
+            f"Could not read {', '.join(files[:5])}{' ...' if len(files) > 5 else ''} as {builder}: "
+            f"{type(cause).__name__}: {cause}"
+        ) from error
+
+
+def _is_blank(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return not any(block.strip() for block in iter(lambda: handle.read(1 << 16), b""))
+
+
+def _check_json_lines(path: str) -> None:
+    for line_no, row in read_json_lines(path):
+        if row is None:
+            raise InputFileError(
+                f"{path}, line {line_no}: not a JSON object. Fix or delete the line, or write a copy without it with "
+                f"`concept-clip-extract --input {path} --skip_invalid_lines --output_dir <folder>` and train on "
+                "the copy."
+            )
+
+
+@dataclass(frozen=True)
+class ShardConceptsJoin:
+    """The concepts of each sample of a batch, by its shard (`__url__`) and `__key__` ([`join_shard_concepts`]).
+    Plain data only, so `datasets` fingerprints it the same in every process; `files_digest` (names, sizes and
+    modification times of the concepts files) makes a changed concepts file a new fingerprint."""
+
+    concepts_dir: str
+    column: str
+    files_digest: str
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[list[str] | None]]:
+        concepts = []
+        for url, key in zip(batch["__url__"], batch["__key__"]):
+            concepts.append(read_shard_concepts(concepts_file(self.concepts_dir, url), self.column).get(key))
+        return {self.column: concepts}
+
+
+def join_shard_concepts(
+    dataset: Dataset | IterableDataset, shards: list[str], concepts_dir: str, column: str = "concepts"
+) -> Dataset | IterableDataset:
+    """Add `column` to a WebDataset dataset from the per-shard concepts files of `concept-clip-extract`.
+
+    Raises `FileNotFoundError` naming the shards without a concepts file. A sample whose key is not in its
+    shard's file gets `None` (never dropped: the collator counts it as a "concepts" skip).
+    """
+    missing = missing_concepts_files(concepts_dir, shards)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(shards)} shards have no concepts file in {concepts_dir}: {shown}. Run "
+            f"`concept-clip-extract --input <the shards> --output_dir {concepts_dir}` (it resumes), then "
+            "`--merge` to check."
+        )
+    digest = hashlib.sha256()
+    for shard in shards:
+        stat = concepts_file(concepts_dir, shard).stat()
+        digest.update(f"{concepts_file(concepts_dir, shard).name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    function = ShardConceptsJoin(str(Path(concepts_dir).resolve()), column, digest.hexdigest())
+    feature = datasets.Sequence(datasets.Value("string"))
+    if isinstance(dataset, IterableDataset):
+        features = dataset.features.copy() if dataset.features is not None else None
+        if features is not None:
+            features[column] = feature
+        return dataset.map(function, batched=True, features=features)
+    # `map` would write every image again into a new cache file: compute the one new column and attach it.
+    arrow_type = pa.list_(pa.string())
+    keys = dataset.select_columns(["__url__", "__key__"])
+    values = [pa.array(function(batch)[column], arrow_type) for batch in keys.iter(batch_size=10_000)]
+    fingerprint = Hasher.hash((dataset._fingerprint, function))
+    return dataset.add_column(
+        column, pa.chunked_array(values, arrow_type), new_fingerprint=fingerprint, feature=feature
+    )
 
 
 def _undecoded_images(dataset: Dataset | IterableDataset) -> Dataset | IterableDataset:

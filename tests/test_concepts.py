@@ -8,7 +8,6 @@ import pytest
 import spacy
 from spacy.tokens import Doc
 
-from modeling_concept_clip import concepts as concepts_module
 from modeling_concept_clip.concepts import (
     ConceptExtractor,
     ConceptExtractorConfig,
@@ -24,6 +23,7 @@ from modeling_concept_clip.concepts import (
     resolve_spacy_model,
     score_concepts,
 )
+from modeling_concept_clip.concepts import pipeline as concepts_module
 
 
 @pytest.fixture(scope="module")
@@ -458,6 +458,19 @@ def test_parallel_threshold_uses_workers_only_for_large_inputs(monkeypatch):
     assert calls == [] and len(extractor.parsed) == 1
     extractor.extract(["a", "b", "c", "d", "e", "f"])
     assert calls == [(6, 2)]
+
+
+def test_a_long_run_in_pieces_uses_the_workers(monkeypatch):
+    config = ConceptExtractorConfig(n_process=2, min_captions_per_process=100, batch_size=10)
+    extractor = RecordingExtractor(config)
+    calls = []
+    monkeypatch.setattr(extractor, "_extract_parallel", lambda texts, n: calls.append(len(texts)) or [[]] * len(texts))
+    pieces = [[f"{size} {i}" for i in range(size)] for size in (50, 50, 50, 60, 19, 20)]
+    for piece in pieces:
+        extractor.extract(piece)
+    # 200 captions per 2 workers have come only with the 4th call; then a call of 19 < 2 x 10 stays in-process.
+    assert calls == [60, 20]
+    assert [len(texts) for texts in extractor.parsed] == [50, 50, 50, 19]
 
 
 def test_extractor_pickles_without_its_pipeline():

@@ -214,7 +214,20 @@ def messy_jsonl(tmp_path):
 
 def test_cli_jsonl_with_bad_rows(messy_jsonl, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_cli("--input", messy_jsonl, "--output_dir", out, "--chunk_size", 4, "--max_caption_chars", 300) == 0
+    assert (
+        run_cli(
+            "--input",
+            messy_jsonl,
+            "--skip_invalid_lines",
+            "--output_dir",
+            out,
+            "--chunk_size",
+            4,
+            "--max_caption_chars",
+            300,
+        )
+        == 0
+    )
     rows = [row for part in sorted(out.glob("part-*.jsonl")) for row in read_jsonl(part)]
     assert [row.get("id") for row in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
     by_id = {row["id"]: row["concepts"] for row in rows}
@@ -236,7 +249,7 @@ def test_cli_jsonl_with_bad_rows(messy_jsonl, tmp_path, capsys):
 
 def test_cli_resumes_and_skips_finished_chunks(messy_jsonl, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    assert run_cli("--input", messy_jsonl, "--output_dir", out, "--chunk_size", 4) == 0
+    assert run_cli("--input", messy_jsonl, "--skip_invalid_lines", "--output_dir", out, "--chunk_size", 4) == 0
     before = {p.name: p.read_bytes() for p in out.glob("part-*.jsonl")}
     # A run killed while writing chunk 1: its stats marker is gone and a temporary file is left over.
     (out / "part-00001.stats.json").unlink()
@@ -244,7 +257,7 @@ def test_cli_resumes_and_skips_finished_chunks(messy_jsonl, tmp_path, monkeypatc
     processed = []
     original = cli._process_chunk
     monkeypatch.setattr(cli, "_process_chunk", lambda chunk, *a: processed.append(chunk.index) or original(chunk, *a))
-    assert run_cli("--input", messy_jsonl, "--output_dir", out, "--chunk_size", 4) == 0
+    assert run_cli("--input", messy_jsonl, "--skip_invalid_lines", "--output_dir", out, "--chunk_size", 4) == 0
     assert processed == [1]
     assert {p.name: p.read_bytes() for p in out.glob("part-*.jsonl")} == before
     assert sorted(p.name for p in out.glob("part-*.stats.json")) == [f"part-0000{i}.stats.json" for i in range(3)]
@@ -256,10 +269,13 @@ def test_cli_resumes_and_skips_finished_chunks(messy_jsonl, tmp_path, monkeypatc
 
 def test_cli_refuses_other_settings_unless_overwrite(messy_jsonl, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_cli("--input", messy_jsonl, "--output_dir", out, "--chunk_size", 4) == 0
-    assert run_cli("--input", messy_jsonl, "--output_dir", out, "--chunk_size", 5) == 1
+    assert run_cli("--input", messy_jsonl, "--skip_invalid_lines", "--output_dir", out, "--chunk_size", 4) == 0
+    assert run_cli("--input", messy_jsonl, "--skip_invalid_lines", "--output_dir", out, "--chunk_size", 5) == 1
     assert "other settings (chunk_size)" in capsys.readouterr().err
-    assert run_cli("--input", messy_jsonl, "--output_dir", out, "--chunk_size", 5, "--overwrite") == 0
+    assert (
+        run_cli("--input", messy_jsonl, "--skip_invalid_lines", "--output_dir", out, "--chunk_size", 5, "--overwrite")
+        == 0
+    )
     # 10 non-blank lines in chunks of 5; the 3 chunks of the earlier run are gone.
     assert sorted(p.name for p in out.glob("part-*.jsonl")) == ["part-00000.jsonl", "part-00001.jsonl"]
     assert json.loads((out / "summary.json").read_text())["chunks"]["total"] == 2
@@ -321,9 +337,50 @@ def test_cli_missing_input(tmp_path, capsys):
 def test_cli_runs_as_a_module(messy_jsonl, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "modeling_concept_clip.commands.extract_concepts"]
-    command += ["--input", str(messy_jsonl), "--output_dir", str(out), "--disable_progress_bar"]
+    command += [
+        "--input",
+        str(messy_jsonl),
+        "--skip_invalid_lines",
+        "--output_dir",
+        str(out),
+        "--disable_progress_bar",
+    ]
     result = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["rows"] == 8
+
+
+UNGUARDED_SCRIPT = """\
+import json, sys
+from modeling_concept_clip.concepts import ConceptExtractor, ConceptExtractorConfig
+
+print("module level ran", flush=True)
+captions = [json.loads(line)["caption"] for line in open(sys.argv[1], encoding="utf-8")][:60]
+config = ConceptExtractorConfig(n_process=2, min_captions_per_process=10)
+extractor = ConceptExtractor(config)
+print(json.dumps(extractor.extract(captions)), flush=True)
+print(json.dumps(extractor._pool is not None))
+"""
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_uses_the_workers(tmp_path, gold, extractor):
+    # Worker processes start with `spawn`, which imports the parent's __main__ in every worker: an unguarded
+    # script would start the extraction again in each of them (BrokenProcessPool). The workers must not run it.
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script), str(GOLD)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "module level ran" and lines.count("module level ran") == 1
+    assert json.loads(lines[1]) == extractor.extract(gold[0][:60])
+    assert json.loads(lines[2]) is True  # the pool did the work
