@@ -12,23 +12,29 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.trainer_utils import SchedulerType
 
 from ..losses import ConceptLossConfig
 
-# transformers.SchedulerType values (the enum is not imported: it would load the optimisation module for `--help`).
-SCHEDULER_TYPES = (
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
-    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
-)  # fmt: skip
+REPORT_TO = ("tensorboard", "wandb", "all", "none")
+SCHEDULER_TYPES = tuple(scheduler.value for scheduler in SchedulerType)
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
+def _check(settings, names: tuple[str, ...], valid, requirement: str) -> None:
+    """Raise a `ValueError` naming the flag when `valid(value)` is false for one of `names` (unset values pass)."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None and not valid(value):
+            raise ValueError(f"--{name} must be {requirement}, got {value!r}.")
+
+
+def _finite_at_least(minimum: float):
+    return lambda value: math.isfinite(value) and value >= minimum
 
 
 @dataclass
@@ -88,16 +94,11 @@ class DataArguments:
     )  # fmt: skip
 
     def __post_init__(self):
-        _require(self.max_concepts_per_image >= 1, f"--max_concepts_per_image must be >= 1, got {self.max_concepts_per_image}.")  # fmt: skip
-        _require(self.shuffle_buffer_size >= 1, f"--shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}.")
-        _require(
-            self.max_train_samples is None or self.max_train_samples >= 1,
-            f"--max_train_samples must be >= 1, got {self.max_train_samples}.",
+        _check(
+            self, ("max_concepts_per_image", "shuffle_buffer_size", "max_train_samples"), _finite_at_least(1), ">= 1"
         )
-        _require(self.dataloader_num_workers >= 0, f"--dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")  # fmt: skip
-        _require(
-            0 <= self.max_bad_fraction <= 1, f"--max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}."
-        )
+        _check(self, ("preprocessing_num_workers", "dataloader_num_workers"), _finite_at_least(0), ">= 0")
+        _check(self, ("max_bad_fraction",), lambda value: 0 <= value <= 1, "in [0, 1]")
 
 
 @dataclass
@@ -161,37 +162,19 @@ class TrainingArguments:
     hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to."})
 
     def __post_init__(self):
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "logging_steps", "ddp_timeout"):  # fmt: skip
-            _require(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}.")
-        for name in (
-            "max_train_steps",
-            "checkpointing_steps",
-            "checkpoints_total_limit",
-            "export_steps",
-            "eval_steps",
-        ):
-            value = getattr(self, name)
-            _require(value is None or value >= 1, f"--{name} must be >= 1 (or unset), got {value}.")
-        for name in ("learning_rate", "weight_decay", "max_grad_norm", "num_warmup_steps"):
-            value = getattr(self, name)
-            _require(math.isfinite(value) and value >= 0, f"--{name} must be finite and >= 0, got {value}.")
-        for name in ("adam_beta1", "adam_beta2"):
-            _require(0 <= getattr(self, name) < 1, f"--{name} must be in [0, 1), got {getattr(self, name)}.")
-        _require(self.adam_epsilon > 0, f"--adam_epsilon must be > 0, got {self.adam_epsilon}.")
-        _require(self.num_train_epochs > 0, f"--num_train_epochs must be > 0, got {self.num_train_epochs}.")
-        _require(
-            math.isfinite(self.max_logit_scale) and self.max_logit_scale > 0,
-            f"--max_logit_scale must be finite and > 0, got {self.max_logit_scale}.",
-        )
-        _require(
-            self.lr_scheduler_type in SCHEDULER_TYPES,
-            f"--lr_scheduler_type must be one of {', '.join(SCHEDULER_TYPES)}; got {self.lr_scheduler_type!r}.",
-        )
-        _require(
-            self.report_to in ("tensorboard", "wandb", "all", "none"),
-            f"--report_to must be 'tensorboard', 'wandb', 'all' or 'none', got {self.report_to!r}.",
-        )
+        at_least_one = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                        "logging_steps", "ddp_timeout", "max_train_steps", "checkpointing_steps",
+                        "checkpoints_total_limit", "export_steps", "eval_steps")  # fmt: skip
+        _check(self, at_least_one, _finite_at_least(1), ">= 1")
+        non_negative = ("learning_rate", "weight_decay", "max_grad_norm", "num_warmup_steps")
+        _check(self, non_negative, _finite_at_least(0), "finite and >= 0")
+        _check(self, ("adam_beta1", "adam_beta2"), lambda value: 0 <= value < 1, "in [0, 1)")
+        positive = ("adam_epsilon", "num_train_epochs", "max_logit_scale")
+        _check(self, positive, lambda value: math.isfinite(value) and value > 0, "finite and > 0")
+        _check(self, ("lr_scheduler_type",), SCHEDULER_TYPES.__contains__, f"one of {', '.join(SCHEDULER_TYPES)}")
+        _check(self, ("report_to",), REPORT_TO.__contains__, f"one of {', '.join(REPORT_TO)}")
+        if self.resume_from_checkpoint not in (None, "latest") and not Path(self.resume_from_checkpoint).is_dir():
+            raise ValueError(f"--resume_from_checkpoint {self.resume_from_checkpoint}: no such checkpoint folder.")
 
 
 class Arguments(NamedTuple):
@@ -227,7 +210,9 @@ def build_parser() -> HfArgumentParser:
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     parser.add_argument("--config", default=None, help="YAML or JSON recipe; command-line flags override it.")
     # An optional setting (e.g. --pooling_memory_mb, --max_train_samples) can be set back to None from the command line.
-    optional = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if _is_optional(typing.get_type_hints(cls)[f.name])}  # fmt: skip
+    optional = {
+        f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if _is_optional(typing.get_type_hints(cls)[f.name])
+    }
     for action in parser._actions:
         if action.dest in optional and action.type is not None and action.nargs is None and not action.choices:
             action.type = _none_or(action.type)

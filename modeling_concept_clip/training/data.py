@@ -83,7 +83,7 @@ def empty_batch(collator: ConceptCollator) -> dict[str, torch.Tensor]:
     return {key: value[:0] for key, value in batch.items() if isinstance(value, torch.Tensor)}
 
 
-class _StreamFromBatch(torch.utils.data.IterableDataset):
+class _ResumedStream(torch.utils.data.IterableDataset):
     """A stream that starts after its first `skip_batches` batches of `batch_size` rows.
 
     A data loader with workers takes batch i from worker i % num_workers, each worker reading its own part of the
@@ -128,23 +128,13 @@ class Loaders:
 
     def train_batches(self, epoch: int, skip_batches: int = 0) -> Iterable[dict[str, Any]]:
         """This process's batches of `epoch`, after the first `skip_batches` (read before a resume)."""
+        self.train.set_epoch(epoch)  # the sampler, or the stream's shard order and buffer, shuffle with seed + epoch
         if not self.streaming:
-            self.train.set_epoch(epoch)
             return self.accelerator.skip_first_batches(self.train, skip_batches) if skip_batches else self.train
-        self.train.set_epoch(epoch)  # the buffer and shard order are reshuffled with seed + epoch
-        stream = _StreamFromBatch(self.train, skip_batches, self.batch_size) if skip_batches else self.train
+        stream = _ResumedStream(self.train, skip_batches, self.batch_size) if skip_batches else self.train
         return DataLoader(
             stream, batch_size=self.batch_size, drop_last=True, collate_fn=self.collator, num_workers=self.num_workers
         )
-
-
-def _process_share(dataset, accelerator: Accelerator, shuffle_seed: int | None, buffer_size: int):
-    """This process's part of a stream (shuffled in a buffer first, identically on every process)."""
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(seed=shuffle_seed, buffer_size=buffer_size)
-    if accelerator.num_processes == 1:
-        return dataset
-    return split_dataset_by_node(dataset, rank=accelerator.process_index, world_size=accelerator.num_processes)
 
 
 def build_loaders(
@@ -177,7 +167,9 @@ def build_loaders(
     batch_size = args.per_device_train_batch_size
     batches_per_epoch = rows_per_epoch = None
     if isinstance(train_dataset, IterableDataset):
-        train = _process_share(train_dataset, accelerator, args.seed, data_args.shuffle_buffer_size)
+        # Shuffled identically on every process, then split: each process reads its own part of the stream.
+        train_dataset = train_dataset.shuffle(seed=args.seed, buffer_size=data_args.shuffle_buffer_size)
+        train = split_dataset_by_node(train_dataset, accelerator.process_index, accelerator.num_processes)
     else:
         # Contrastive batches drop the incomplete last global batch (a small batch is a weaker contrastive task).
         batches_per_epoch = len(train_dataset) // (batch_size * accelerator.num_processes)
@@ -203,7 +195,7 @@ def build_loaders(
             eval_dataset, _ = with_concepts(eval_dataset, data_args, caption_column, accelerator)
         eval_collator = ConceptCollator(**{**collator.__dict__, "image_root": eval_root})
         if isinstance(eval_dataset, IterableDataset):
-            eval_dataset = _process_share(eval_dataset, accelerator, None, 0)
+            eval_dataset = split_dataset_by_node(eval_dataset, accelerator.process_index, accelerator.num_processes)
         validation = DataLoader(eval_dataset, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collator)
 
     loaders = Loaders(

@@ -59,7 +59,11 @@ def build_accelerator(args: TrainingArguments) -> Accelerator:
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # DeepSpeed clips and accumulates itself, from its config: make it follow the command line.
         config = accelerator.state.deepspeed_plugin.deepspeed_config
-        for key, value in (("gradient_clipping", args.max_grad_norm), ("gradient_accumulation_steps", args.gradient_accumulation_steps)):  # fmt: skip
+        settings = {
+            "gradient_clipping": args.max_grad_norm,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        }
+        for key, value in settings.items():
             if config.get(key, "auto") not in ("auto", value):
                 logger.warning(
                     f"The DeepSpeed config's {key} {config[key]} is replaced by the command line's {value}."

@@ -25,9 +25,8 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import send_to_device, set_seed
 from huggingface_hub.errors import HFValidationError
-from torch.utils.data import IterableDataset as TorchIterableDataset
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoProcessor, get_scheduler
+from transformers import AutoConfig, AutoProcessor, PreTrainedModel, get_scheduler
 
 import modeling_concept_clip
 
@@ -73,7 +72,7 @@ def _check_source(flag: str, name: str | None) -> None:
         ) from None
 
 
-def build_model(model_args: ModelArguments, concept_config: ConceptLossConfig):
+def build_model(model_args: ModelArguments, concept_config: ConceptLossConfig) -> tuple[PreTrainedModel, Any]:
     """`(model, processor)`: a concept model from a plain CLIP/SigLIP checkpoint, or from a config (from scratch)."""
     source = model_args.model_name_or_path or model_args.config_name
     if source is None:
@@ -119,7 +118,7 @@ def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def prepare_training(accelerator: Accelerator, model, loaders: Loaders, args: TrainingArguments):
+def prepare_training(accelerator: Accelerator, model: PreTrainedModel, loaders: Loaders, args: TrainingArguments):
     """Wrap the model for the engine with its optimizer, scheduler and map-style data loaders; set max_train_steps."""
     model = prepare_for_engine(accelerator, model)
     optimizer = torch.optim.AdamW(
@@ -132,7 +131,7 @@ def prepare_training(accelerator: Accelerator, model, loaders: Loaders, args: Tr
         model, optimizer = prepare(accelerator, model, optimizer)
     else:
         model, optimizer, loaders.train = prepare(accelerator, model, optimizer, loaders.train)
-    if loaders.validation is not None and not isinstance(loaders.validation.dataset, TorchIterableDataset):
+    if loaders.validation is not None and not isinstance(loaders.validation.dataset, datasets.IterableDataset):
         loaders.validation = accelerator.prepare(loaders.validation)
     if args.max_train_steps is None:
         updates_per_epoch = math.ceil(loaders.batches_per_epoch / args.gradient_accumulation_steps)
@@ -324,24 +323,21 @@ def training_step(run: Run, batch: dict[str, Any]) -> bool:
     return True
 
 
-def check_bad_rows(run: Run, state: TrainState, end_of_epoch: bool = False) -> None:
+def check_bad_rows(run: Run, state: TrainState, final: bool = False) -> None:
     """Stop the run, with a checkpoint to resume from, as soon as too many rows are known to be bad.
 
-    With a known epoch size the limit is exceeded for sure once the bad rows outnumber `max_bad_fraction` of the
-    rows read by the end of the epoch; a stream is judged on the rows read, after 1,000 rows and at each epoch's
-    end.
+    With a known epoch size, the limit is exceeded for sure once the bad rows outnumber `max_bad_fraction` of the
+    rows read by the end of the epoch. A stream is judged on the rows read after 1,000 rows; every run at the end of
+    each epoch and of the run (`final`).
     """
     limit, seen, bad = run.arguments.data.max_bad_fraction, state.rows_seen, state.rows_skipped
     if not seen or bad <= limit * seen:
         return
     epoch_rows = run.loaders.rows_per_epoch
-    if epoch_rows is not None:
-        by_epoch_end = seen + epoch_rows - state.rows_in_epoch
-        if bad <= limit * by_epoch_end and not end_of_epoch:
-            return
-        scope = f"the {by_epoch_end} rows read by the end of epoch {state.epoch}"
-    elif end_of_epoch or seen >= STREAM_JUDGED_AFTER_ROWS:
+    if final or (epoch_rows is None and seen >= STREAM_JUDGED_AFTER_ROWS):
         scope = "the rows read"
+    elif epoch_rows is not None and bad > limit * (seen + epoch_rows - state.rows_in_epoch):
+        scope = f"the {seen + epoch_rows - state.rows_in_epoch} rows read by the end of epoch {state.epoch}"
     else:
         return
     checkpoint = save_checkpoint(run.accelerator, run.args.output_dir, state, run.args.checkpoints_total_limit)
@@ -363,7 +359,8 @@ def train_one_epoch(run: Run, state: TrainState) -> None:
     for step in lockstep(run.loaders.train_batches(state.epoch, skip_batches=first_batch), run.sums):
         state.batches_in_epoch += 1
         state.count_rows(step.rows, step.skipped)
-        run.bad_row_examples += [f"{row.reason}: {row.detail}" for row in step.local_skipped][: 5 - len(run.bad_row_examples)]  # fmt: skip
+        for row in step.local_skipped[: 5 - len(run.bad_row_examples)]:  # a few, for the error message
+            run.bad_row_examples.append(f"{row.reason}: {row.detail}")
         # No process has rows: every process skips the step. Some have: the others take part with zero rows.
         if step.processes_with_rows and training_step(run, step.batch or run.loaders.empty_batch):
             state.completed_steps += 1
@@ -377,7 +374,7 @@ def train_one_epoch(run: Run, state: TrainState) -> None:
             return
     if first_batch == 0 and state.completed_steps == steps_before:
         raise ValueError(f"Epoch {state.epoch} of the training data gave no batch with a valid row.")
-    check_bad_rows(run, state, end_of_epoch=True)
+    check_bad_rows(run, state, final=True)
     accelerator.print(f"epoch {state.epoch} done: {state.counts()}")
     state.epoch, state.batches_in_epoch, state.rows_in_epoch = state.epoch + 1, 0, 0
 
@@ -432,8 +429,9 @@ def evaluate_loss(run: Run) -> dict[str, float]:
     if not batches:
         logger.warning("The validation data gave no batch with a valid row.")
         return counts
-    divisor = batches * accelerator.num_processes
-    return {**{f"eval_{name}": accelerator.reduce(total, "sum").item() / divisor for name, total in sums.items()}, **counts}  # fmt: skip
+    # Each process's loss is scaled so that the mean over processes is the global batch's loss.
+    totals = {f"eval_{name}": accelerator.reduce(total, "sum").item() for name, total in sums.items()}
+    return {**{name: total / (batches * accelerator.num_processes) for name, total in totals.items()}, **counts}
 
 
 def evaluate_benchmarks(run: Run, plain, name: str):
@@ -441,9 +439,9 @@ def evaluate_benchmarks(run: Run, plain, name: str):
     model of `gather_plain_model`; the `EvaluationRun` on the main process, `None` elsewhere."""
     evaluation = None
     if plain is not None:
-        evaluation = evaluate_model(
-            plain.to(run.accelerator.device), run.processor, run.benchmarks, EmbeddingConfig(progress=False), model_name=name
-        )  # fmt: skip
+        config = EmbeddingConfig(progress=False)
+        plain = plain.to(run.accelerator.device)
+        evaluation = evaluate_model(plain, run.processor, run.benchmarks, config, model_name=name)
     run.accelerator.wait_for_everyone()
     return evaluation
 
@@ -462,7 +460,6 @@ def export_model(run: Run, plain, folder: Path, state: TrainState) -> None:
 
 def finish_run(run: Run, state: TrainState) -> None:
     """Final benchmarks (before the export, so that the model card has them), export and upload."""
-    run.progress.close()
     args, accelerator = run.args, run.accelerator
     plain = gather_plain_model(accelerator, run.model)
     if run.benchmarks:
@@ -507,10 +504,13 @@ def train(arguments: Arguments) -> dict[str, Any]:
     state = resume_state(accelerator, args)
     record = run_record(accelerator, arguments, extractor)
     if args.report_to != "none":
-        flat = {
-            f"{group}/{k}": v for group in ("model", "data", "concept", "training") for k, v in record[group].items()
-        }
-        accelerator.init_trackers("c2lip", config={k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))})  # fmt: skip
+        groups = ("model", "data", "concept", "training")
+        flat = {f"{group}/{key}": value for group in groups for key, value in record[group].items()}
+        accelerator.init_trackers("c2lip", {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))})
+    progress = tqdm(
+        total=args.max_train_steps, initial=state.completed_steps, desc="training", unit="step",
+        disable=not accelerator.is_local_main_process,
+    )  # fmt: skip
     run = Run(
         accelerator=accelerator,
         arguments=arguments,
@@ -522,13 +522,14 @@ def train(arguments: Arguments) -> dict[str, Any]:
         sums=ProcessSums(accelerator, args.ddp_timeout),
         record=record,
         log=TrainingLog(accelerator, output_dir, resumed_at=state.completed_steps),
-        progress=tqdm(total=args.max_train_steps, initial=state.completed_steps, desc="training", unit="step",
-                      disable=not accelerator.is_local_main_process),
+        progress=progress,
         benchmarks=read_benchmark_file(args.eval_benchmarks) if args.eval_benchmarks else [],
-    )  # fmt: skip
-    # 6. Epochs until max_train_steps.
-    while state.completed_steps < args.max_train_steps:
-        train_one_epoch(run, state)
+    )
+    # 6. Epochs until max_train_steps; the bad rows judged once more on all the rows read.
+    with progress:
+        while state.completed_steps < args.max_train_steps:
+            train_one_epoch(run, state)
+        check_bad_rows(run, state, final=True)
     # 7. Final benchmarks, export, upload.
     finish_run(run, state)
     return {"completed_steps": state.completed_steps, "history": run.log.entries, "output_dir": str(output_dir)}
