@@ -247,6 +247,8 @@ def test_deepspeed_zero2_trains_checkpoints_resumes_and_exports_as_ddp(torchrun_
     pytest.importorskip("deepspeed", reason="DeepSpeed is an optional engine (pip install deepspeed)")
     root = engines_root
     runs = engine_runs(root, "clip", "deepspeed", extra=["--ddp_backend", "gloo"])
+    stream = ["--streaming", "true", "--train_file", str(root / "stream" / "part-*.parquet"), "--max_bad_fraction", "0.5"]  # fmt: skip
+    runs.append({"name": "deepspeed-stream", "argv": runs[0]["argv"] + stream + ["--output_dir", str(root / "ds-stream")]})  # fmt: skip
     (root / "deepspeed").mkdir()
     results = run_spec(root / "deepspeed", runs, [*ACCELERATE, "--use_deepspeed", "--zero_stage", "2"])
     ddp, deepspeed, resumed = torchrun_results["ddp-clip"][0], results["deepspeed-clip"][0], results["deepspeed-clip-resumed"][0]  # fmt: skip
@@ -261,3 +263,5 @@ def test_deepspeed_zero2_trains_checkpoints_resumes_and_exports_as_ddp(torchrun_
     assert max_difference(root / "ddp-clip", folder) < 1e-5
     plain = assert_loads_as_plain(folder, "clip")
     assert plain.logit_scale.shape == () and plain.logit_scale.dtype == torch.float32
+    assert results["deepspeed-stream"][0]["completed_steps"] == 4  # no data loader through `prepare`: batch size set
+    assert_loads_as_plain(root / "ds-stream", "clip")

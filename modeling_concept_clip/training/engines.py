@@ -57,11 +57,15 @@ def build_accelerator(args: TrainingArguments) -> Accelerator:
         ],
     )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        # DeepSpeed clips and accumulates itself, from its config: make it follow the command line.
+        # DeepSpeed batches, clips and accumulates itself, from its config: make it follow the command line (the
+        # batch size also where no data loader goes through `prepare`: a stream).
         config = accelerator.state.deepspeed_plugin.deepspeed_config
+        batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
         settings = {
+            "train_micro_batch_size_per_gpu": batch,
+            "train_batch_size": batch * accumulation * accelerator.num_processes,
             "gradient_clipping": args.max_grad_norm,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "gradient_accumulation_steps": accumulation,
         }
         for key, value in settings.items():
             if config.get(key, "auto") not in ("auto", value):
