@@ -216,7 +216,9 @@ def test_loss_settings_are_the_loss_config_s_own_fields(tmp_path):
     from modeling_concept_clip.training import parse_arguments
 
     arguments = parse_arguments(["--tau", "2.5", "--pooling_memory_mb", "none", "--concept_positives", "owner"])
-    assert arguments.concept_loss == ConceptLossConfig(tau=2.5, pooling_memory_mb=None, concept_positives="owner")
+    assert arguments.concept.loss_config() == ConceptLossConfig(
+        tau=2.5, pooling_memory_mb=None, concept_positives="owner"
+    )
     assert parse_arguments(["--max_train_samples", "None"]).data.max_train_samples is None
     help_text = subprocess.run(
         [sys.executable, "-m", "modeling_concept_clip.training", "--help"], capture_output=True, text=True, check=True
@@ -330,7 +332,7 @@ def test_recipes_and_accelerate_configs_parse():
     paper = parse_arguments(["--config", str(ROOT / "training/configs/siglip_b16_cc3m.yaml")])
     training = paper.training
     assert (training.learning_rate, training.per_device_train_batch_size, training.num_warmup_steps) == (1e-5, 96, 50)
-    loss = paper.concept_loss
+    loss = paper.concept
     assert (loss.npc_weight, loss.xac_weight, loss.concept_positives) == (1.0, 0.01, "owner")
     for config in sorted((ROOT / "training" / "configs" / "accelerate").glob("*.yaml")):
         assert load_config_from_file(str(config)).num_processes >= 1, config

@@ -11,9 +11,16 @@ given on the command line override the recipe. The run ends with a plain `CLIPMo
 `pipeline("zero-shot-image-classification")` load without this library.
 """
 
-from modeling_concept_clip.training import main, parse_arguments
+from modeling_concept_clip.training import (
+    ConceptArguments,
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    main,
+    parse_arguments,
+)
 
-__all__ = ["main", "parse_arguments"]
+__all__ = ["ConceptArguments", "DataArguments", "ModelArguments", "TrainingArguments", "main", "parse_arguments"]
 
 if __name__ == "__main__":
     main()

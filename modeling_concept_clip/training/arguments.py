@@ -1,8 +1,9 @@
 """Command-line arguments of C2LIP training: `HfArgumentParser` dataclasses, an optional YAML/JSON recipe.
 
-The concept-loss settings are [`ConceptLossConfig`]'s own fields (declared once, in `losses.py`). Every value is
-checked when the command line is parsed: a `ValueError` raised by any dataclass's `__post_init__` becomes an
-argument error (exit code 2 and the message), before any model or data is loaded.
+The concept-loss settings are [`ConceptLossConfig`]'s own fields (declared once, in `losses.py`), inherited by
+`ConceptArguments`, which adds the control run's switch. Every value is checked when the command line is parsed: a
+`ValueError` raised by any dataclass's `__post_init__` becomes an argument error (exit code 2 and the message),
+before any model or data is loaded.
 """
 
 from __future__ import annotations
@@ -102,13 +103,18 @@ class DataArguments:
 
 
 @dataclass
-class ConceptArguments:
-    """Whether the run uses the concept losses at all; their settings are the fields of `ConceptLossConfig`."""
+class ConceptArguments(ConceptLossConfig):
+    """The concept losses' settings, which are the fields of `ConceptLossConfig` (declared there, with their checks),
+    and whether the run uses them at all."""
 
     concept_loss: bool = field(
         default=True,
         metadata={"help": "False trains with the caption loss only (the control run): no concepts are read."},
     )
+
+    def loss_config(self) -> ConceptLossConfig:
+        """The settings as the model takes them."""
+        return ConceptLossConfig(**{f.name: getattr(self, f.name) for f in fields(ConceptLossConfig)})
 
 
 @dataclass
@@ -183,12 +189,11 @@ class Arguments(NamedTuple):
     model: ModelArguments
     data: DataArguments
     concept: ConceptArguments
-    concept_loss: ConceptLossConfig
     training: TrainingArguments
     config_path: str | None = None
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, ConceptArguments, ConceptLossConfig, TrainingArguments)
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, ConceptArguments, TrainingArguments)
 
 
 def _none_or(convert):

@@ -154,7 +154,7 @@ def run_record(
     return {
         "model": asdict(arguments.model),
         "data": asdict(arguments.data),
-        "concept": {**asdict(arguments.concept), **asdict(arguments.concept_loss)},
+        "concept": asdict(arguments.concept),
         "training": asdict(args),
         "recipe": arguments.config_path,
         "concept_extraction": (
@@ -495,7 +495,7 @@ def train(arguments: Arguments) -> dict[str, Any]:
     if not (args.overwrite_output_dir or args.resume_from_checkpoint) and (output_dir / "config.json").exists():
         raise FileExistsError(f"{output_dir} already holds a model; pass --overwrite_output_dir or resume.")
     # 2. Model and processor, with the concept losses' settings.
-    model, processor = build_model(arguments.model, arguments.concept_loss)
+    model, processor = build_model(arguments.model, arguments.concept.loss_config())
     # 3. Data: datasets with concepts, collator, this process's loaders.
     loaders, extractor = build_loaders(accelerator, arguments, processor, model.config.model_type)
     # 4. The engine's model, optimizer, scheduler and data loaders.
