@@ -141,7 +141,7 @@ def build_loaders(
     accelerator: Accelerator, arguments: Arguments, processor, model_type: str
 ) -> tuple[Loaders, ConceptExtractorConfig | None]:
     """Datasets (with concepts), collator and data loaders; also the extraction settings when concepts were
-    extracted here. The map-style loaders still need `accelerator.prepare` (see `prepare_loaders`)."""
+    extracted here. The map-style loaders still need `accelerator.prepare` (`loop.prepare_training`)."""
     data_args, args = arguments.data, arguments.training
     use_concepts = arguments.concept.concept_loss
     train_dataset, image_root = load_split(data_args, arguments.model, "train")
