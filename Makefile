@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_train_step.py | tee benchmarks/results/bench_train_step.txt
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_concepts.py --num-captions 20000 --repeats 5 --output benchmarks/results/bench_concepts.txt
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_eval.py | tee benchmarks/results/bench_eval.txt
+
+# On a machine with one CUDA GPU: every training engine on the shapes-world recipe (benchmarks/gpu_smoke.sh).
+gpu-check: install
+	benchmarks/gpu_smoke.sh
 
 clean:
 	rm -rf $(VENV) outputs

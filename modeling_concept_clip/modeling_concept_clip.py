@@ -125,19 +125,29 @@ class ConceptModelMixin:
         return self.to_plain().save_pretrained(save_directory, *args, **kwargs)
 
     def _image_embeds_and_tokens(self, pixel_values, interpolate_pos_encoding, **kwargs):
-        """`(vision_outputs, image_embeds (B, D), image_token_embeds (B, T, D))`, joint space, not normalised."""
+        """`(vision_outputs, image_embeds (B, D), image_token_embeds (B, T, D))`, joint space, not normalised.
+
+        B may be 0 (a process whose rows were all bad, in a distributed step): the tower then runs on one padding
+        image, dropped, so that this process takes part in the collectives of the others (DDP, FSDP)."""
+        num_images = pixel_values.shape[0]
+        if num_images == 0:
+            pixel_values = pixel_values.new_ones((1, *pixel_values.shape[1:]))
         vision_outputs = self.get_image_features(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
         tokens = self._patch_tokens(vision_outputs.last_hidden_state)
-        return vision_outputs, vision_outputs.pooler_output, tokens
+        return vision_outputs, vision_outputs.pooler_output[:num_images], tokens[:num_images]
 
     def _text_embeds(self, input_ids, attention_mask, position_ids=None, **kwargs):
-        """`(text_outputs, text_embeds (N, D))`, joint space, not normalised."""
+        """`(text_outputs, text_embeds (N, D))`, joint space, not normalised (N may be 0, as for images)."""
+        num_texts = input_ids.shape[0]
+        if num_texts == 0:
+            input_ids = input_ids.new_ones((1, *input_ids.shape[1:]))
+            attention_mask = None if attention_mask is None else attention_mask.new_ones(input_ids.shape)
         text_outputs = self.get_text_features(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         )
-        return text_outputs, text_outputs.pooler_output
+        return text_outputs, text_outputs.pooler_output[:num_texts]
 
     def _concept_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Text embeddings `(num_concepts, dim)` of the concepts; each distinct one ("a man" of many captions) is

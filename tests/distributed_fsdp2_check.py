@@ -3,8 +3,8 @@
 A `ConceptSiglipModel` sharded with FSDP2 (`fully_shard` on every `_no_split_modules` module, the attention-pooling
 head included, then on the root) must give, with half of the batch per process, the single-process loss and
 gradients: the concept forward calls the sharded modules (the head once per patch token), never their raw weights.
-(Accelerate turns FSDP on only on accelerators, so this shards the model directly. `CLIPModel` cannot be sharded:
-FSDP refuses its 0-dimensional `logit_scale`.)
+(Accelerate turns FSDP on only on accelerators, so this shards the model directly. The training loop runs FSDP2 for
+SigLIP and for CLIP, whose 0-dimensional `logit_scale` it gives shape [1]: tests/test_train_distributed.py.)
 """
 
 import json

@@ -105,6 +105,24 @@ def write_dataset(folder: Path, fmt: str, rows: list[dict], with_concepts: bool 
     raise ValueError(fmt)
 
 
+def write_shards(folder: Path, rows: list[dict], sizes: list[int], fmt: str = "parquet") -> dict[str, str]:
+    """`rows` (with their concepts) as consecutive data files of `sizes` rows, JSON Lines or parquet, for streaming:
+    one file is one shard of the stream. Returns the training-script arguments that read them."""
+    assert sum(sizes) == len(rows) and fmt in ("jsonl", "parquet")
+    paths = _save_images(rows, folder)
+    table = [{"image": path, "caption": row["caption"], "concepts": row["concepts"]} for path, row in zip(paths, rows)]
+    start = 0
+    for index, size in enumerate(sizes):
+        part = table[start : start + size]
+        target = folder / f"part-{index:05d}.{fmt}"
+        if fmt == "jsonl":
+            target.write_text("".join(json.dumps(r) + "\n" for r in part))
+        else:
+            datasets.Dataset.from_list(part).to_parquet(str(target))
+        start += size
+    return {"train_file": str(folder / f"part-*.{fmt}")}
+
+
 def as_flags(arguments: dict) -> list[str]:
     flags = []
     for key, value in arguments.items():

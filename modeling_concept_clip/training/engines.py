@@ -1,0 +1,235 @@
+"""What differs between one process, DDP, FSDP2 and DeepSpeed ZeRO in C2LIP training, written once.
+
+- The accelerator: process-group timeout and backend, gradient accumulation counted in batches (not ended by
+  the data loader: processes may hold different numbers of batches), no repeated rows to even out the last batch.
+- FSDP2: Accelerate's own FSDP2 preparation (accelerate 1.15) shards the input embeddings again after its
+  transformer-layer policy has sharded the module that holds them (CLIP and SigLIP list their embeddings in
+  `_no_split_modules`), which fails, and FSDP cannot shard CLIP's 0-dimensional `logit_scale`. So the model is
+  sharded here as OpenCLIP's `prepare_fsdp` does: every 0-dim parameter takes shape `[1]`, the
+  `_no_split_modules` blocks are sharded, then the root, with the FSDP plugin's settings; Accelerate's `prepare`
+  then keeps the model as it is.
+- DeepSpeed cannot take a 0-dim parameter either (it broadcasts parameters viewed as bytes): `[1]` too. Its
+  optimizer steps from fp32 master weights of its own, so parameter reads and the clamp go through them.
+- Reading a parameter (`read_parameter`), the logit-scale clamp (`clamp_parameter_`) and the full model on the
+  main process for export and evaluation (`gather_plain_model`, 0-dim parameters restored) work under every engine.
+- Bookkeeping across processes (`ProcessSums`) runs on the CPU (a gloo group), so that deciding whether a step has
+  rows never waits for the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    GradientAccumulationPlugin,
+    InitProcessGroupKwargs,
+)
+from transformers import PreTrainedModel
+
+from .arguments import TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def build_accelerator(args: TrainingArguments) -> Accelerator:
+    """The run's `Accelerator` (engine and mixed precision from `accelerate launch`/its config, the rest from `args`)."""
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        # Counted in batches: a data loader that ends early on one process must not end the accumulation there.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        # Seeded shuffling (a resumed run sees the same order); no rows repeated to even out the last batches: a
+        # process without a batch takes part in the step with an empty one (see `data.lockstep`).
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, even_batches=False),
+        kwargs_handlers=[
+            InitProcessGroupKwargs(backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout))
+        ],
+    )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # DeepSpeed batches, clips and accumulates itself, from its config: make it follow the command line (the
+        # batch size also where no data loader goes through `prepare`: a stream).
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        settings = {
+            "train_micro_batch_size_per_gpu": batch,
+            "train_batch_size": batch * accumulation * accelerator.num_processes,
+            "gradient_clipping": args.max_grad_norm,
+            "gradient_accumulation_steps": accumulation,
+        }
+        for key, value in settings.items():
+            if config.get(key, "auto") not in ("auto", value):
+                logger.warning(
+                    f"The DeepSpeed config's {key} {config[key]} is replaced by the command line's {value}."
+                )
+            config[key] = value
+    if accelerator.distributed_type == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise ValueError("C2LIP trains with FSDP version 2: set `fsdp_version: 2` in the Accelerate config.")
+    return accelerator
+
+
+def _scalars_as_vectors(model: torch.nn.Module) -> None:
+    """Give every 0-dim parameter (CLIP's `logit_scale`) shape `[1]`: FSDP and DeepSpeed need a dimension to shard
+    or broadcast. Forward passes broadcast it as before; `gather_plain_model` restores the 0-dim shape."""
+    for module in model.modules():
+        for name, parameter in list(module.named_parameters(recurse=False)):
+            if parameter.ndim == 0:
+                vector = torch.nn.Parameter(parameter.detach().reshape(1), requires_grad=parameter.requires_grad)
+                setattr(module, name, vector)
+
+
+def _fully_shard(accelerator: Accelerator, model: PreTrainedModel) -> None:
+    """FSDP2 as Accelerate's `fsdp2_prepare_model` does it, with its plugin's wrap policy and settings: the blocks the
+    policy picks (by default the model's `_no_split_modules`), bottom-up, then the root."""
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy, get_module_children_bottom_up
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    plugin = accelerator.state.fsdp_plugin
+    plugin.set_auto_wrap_policy(model)  # resolved on the unsharded classes (Accelerate's `prepare` skips it after)
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+    kwargs = {
+        "offload_policy": plugin.cpu_offload,
+        "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(),
+    }
+    if accelerator.torch_device_mesh is not None:
+        kwargs["mesh"] = accelerator.torch_device_mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
+    for module in get_module_children_bottom_up(model)[:-1]:
+        if policy is not None and policy(module):
+            fully_shard(module, reshard_after_forward=plugin.reshard_after_forward, **kwargs)
+    fully_shard(model, **kwargs)  # the root keeps its parameters gathered after forward (torch's default)
+
+
+def prepare_for_engine(accelerator: Accelerator, model: PreTrainedModel) -> PreTrainedModel:
+    """What the engine needs before `accelerator.prepare` (build the optimizer after this: FSDP2 replaces the
+    parameters with sharded ones)."""
+    if accelerator.distributed_type in SHARDED:
+        _scalars_as_vectors(model)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        _fully_shard(accelerator, model)
+    return model
+
+
+def prepare(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *objects):
+    """`accelerator.prepare(model, optimizer, *objects)`, keeping the optimizer's parameters under FSDP2.
+
+    Accelerate maps the optimizer's parameters to the sharded ones by `data_ptr()`, which is the same (0) for every
+    empty local shard: a parameter smaller than the number of processes (CLIP's scale, SigLIP's scale, bias and
+    pooling probe on process 1 of 2) would collapse into one, and saving the optimizer fails. The model is already
+    sharded here, so the parameters the optimizer was built with are the right ones.
+    """
+    groups = [list(group["params"]) for group in optimizer.param_groups]
+    model, optimizer, *objects = accelerator.prepare(model, optimizer, *objects)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        for group, params in zip(optimizer.param_groups, groups, strict=True):
+            group["params"] = params
+    return model, optimizer, *objects
+
+
+class ProcessSums:
+    """Sums of small integer vectors over all processes, on the CPU: a gloo group (the default group when it is
+    gloo), so that this bookkeeping never waits for queued GPU work. One process: no communication."""
+
+    def __init__(self, accelerator: Accelerator, timeout_seconds: int):
+        self.group = None
+        self.active = accelerator.num_processes > 1
+        if self.active and dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_seconds))
+
+    def __call__(self, values: list[int]) -> list[int]:
+        if not self.active:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(tensor, group=self.group)
+        return tensor.tolist()
+
+
+def read_parameter(accelerator: Accelerator, model: torch.nn.Module, name: str) -> torch.Tensor:
+    """The full fp32 value of a parameter (e.g. `"logit_scale"`), on the CPU of every process.
+
+    Under FSDP2 and DeepSpeed this is a collective: call it on every process. DeepSpeed's value is its optimizer's
+    fp32 master weight (the module's copy may be bf16, or stale between steps).
+    """
+    parameter = accelerator.unwrap_model(model).get_parameter(name)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        value = safe_get_full_fp32_param(parameter)
+        if value is not None:
+            return value.detach().float().cpu()
+    if hasattr(parameter, "full_tensor"):  # a DTensor: every process holds a shard (possibly an empty one)
+        return parameter.detach().full_tensor().float().cpu()
+    return parameter.detach().float().cpu()
+
+
+@torch.no_grad()
+def clamp_parameter_(accelerator: Accelerator, model: torch.nn.Module, name: str, max_value: float) -> None:
+    """Clamp a parameter in place to at most `max_value`, where the optimizer will read it next.
+
+    DDP: the parameter. FSDP2: each process clamps its shard. DeepSpeed: the fp32 master weight (otherwise the
+    next step overwrites the clamp) and the module's copy used by the next forward (a collective: call it on every
+    process).
+    """
+    parameter = accelerator.unwrap_model(model).get_parameter(name)
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        parameter.clamp_(max=max_value)
+        return
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+    master = safe_get_full_fp32_param(parameter)
+    if master is None or master.max() <= max_value:  # the same value, hence the same decision, on every process
+        return
+    clamped = master.clamp(max=max_value)
+    safe_set_full_fp32_param(parameter, clamped)
+    with deepspeed.zero.GatheredParameters([parameter], modifier_rank=0):  # ZeRO-3: gathered, then re-partitioned
+        parameter.data.copy_(clamped.to(parameter.dtype))
+
+
+def _deepspeed_full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters from DeepSpeed's fp32 master weights (gathered from their partitions), buffers from the module."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state_dict = {}
+    for name, parameter in model.named_parameters():
+        value = safe_get_full_fp32_param(parameter)  # trainable parameters; a collective
+        if value is None:  # frozen: the module's own copy (gathered under ZeRO-3)
+            with deepspeed.zero.GatheredParameters([parameter]):
+                value = parameter.data.float()
+        state_dict[name] = value.detach().cpu()
+    buffers = {name: b.detach().cpu() for name, b in model.state_dict().items() if name not in state_dict}
+    return {**state_dict, **buffers}
+
+
+def gather_plain_model(accelerator: Accelerator, model: torch.nn.Module) -> PreTrainedModel | None:
+    """A plain `CLIPModel`/`SiglipModel` with the model's full fp32 weights on the main process, `None` elsewhere.
+
+    One process or DDP: a view that shares the training model's parameters. FSDP2 and DeepSpeed: a copy on the
+    CPU, assembled from the shards, with 0-dim parameters restored (a collective: call it on every process).
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type not in SHARDED:
+        return unwrapped.to_plain() if accelerator.is_main_process else None
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        state_dict = _deepspeed_full_state_dict(unwrapped)
+    else:
+        state_dict = accelerator.get_state_dict(model)  # full, on the main process's CPU
+    if not accelerator.is_main_process:
+        return None
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        plain = unwrapped._plain_model_class(unwrapped.config)
+    shapes = {name: tensor.shape for name, tensor in plain.state_dict().items()}
+    plain.load_state_dict({name: tensor.reshape(shapes[name]) for name, tensor in state_dict.items()}, strict=True)
+    return plain

@@ -1,0 +1,65 @@
+"""The state of a training run that is not in the model, optimizer and scheduler: where it is, what it skipped."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..collator import SKIP_REASONS
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainState:
+    """Progress and bad-row counts of a run, saved next to each checkpoint so that a resumed run continues exactly.
+
+    Args:
+        completed_steps: optimizer steps done.
+        epoch: the epoch in progress.
+        batches_in_epoch: batches of that epoch already read (every process reads as many: its own, or nothing
+            once its share of the epoch is done); a resumed run skips them.
+        train_seconds: time spent in training steps (data, forward, backward, update), without evaluation and
+            checkpoints: comparisons at equal wall-clock time use it.
+        rows_seen: rows read by all processes together.
+        rows_in_epoch: the part of `rows_seen` read in the epoch in progress.
+        skipped: rows dropped by the collator, per reason, all processes together.
+    """
+
+    completed_steps: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    train_seconds: float = 0.0
+    rows_seen: int = 0
+    rows_in_epoch: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+
+    def save(self, folder: str | Path) -> None:
+        Path(folder, STATE_FILE).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TrainState:
+        """Read the state of a checkpoint folder (keys this version does not know are an error; missing keys, as in
+        checkpoints of earlier versions, keep their defaults)."""
+        saved = json.loads(Path(folder, STATE_FILE).read_text())
+        known = {f.name for f in fields(cls)}
+        if set(saved) - known:
+            raise ValueError(f"{Path(folder, STATE_FILE)} has unknown keys {sorted(set(saved) - known)}.")
+        state = cls(**saved)
+        state.skipped = {**dict.fromkeys(SKIP_REASONS, 0), **state.skipped}
+        return state
+
+    def count_rows(self, rows: int, skipped: dict[str, int]) -> None:
+        self.rows_seen += rows
+        self.rows_in_epoch += rows
+        for reason, count in skipped.items():
+            self.skipped[reason] += count
+
+    @property
+    def rows_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def counts(self) -> dict[str, int]:
+        """The counts as they appear in the training log."""
+        return {"rows_seen": self.rows_seen, **{f"skipped_{reason}": n for reason, n in self.skipped.items()}}

@@ -1,0 +1,106 @@
+"""Training runs in 2 processes (gloo, CPU), each `modeling_concept_clip.training.main(argv)` (what `training/train.py`
+and `concept-clip-train` call), several runs per launch to save start-up time:
+
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 tests/distributed_train_check.py SPEC.json
+    accelerate launch --use_deepspeed --zero_stage 2 --num_processes 2 tests/distributed_train_check.py SPEC.json
+
+SPEC.json: `{"runs": [{"name": ..., "argv": [...], "engine": "ddp"|"fsdp2", "before": {"delete": [paths]},
+"record_rows": bool}], "report": path}`. Each process writes `<report>.rank<N>`: per run, the steps, the log, the
+process-group timeout and (with "record_rows") the rows its collator received, batch by batch, after an
+"epoch N" marker at the start of each epoch.
+
+FSDP2: Accelerate turns FSDP on only on accelerators, so on these CPU processes the run switches Accelerate's state
+to FSDP2 after building the `Accelerator`, as `accelerate launch --use_fsdp --fsdp_version 2` does on GPUs (the
+plugin's settings are those of training/configs/accelerate/fsdp_8gpu.yaml). Everything after that is Accelerate's
+and the loop's own code: `prepare`, `save_state`/`load_state`, `get_state_dict`, clipping, the clamp.
+"""
+
+import json
+import os
+import shutil
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+from modeling_concept_clip import training
+from modeling_concept_clip.collator import ConceptCollator
+from modeling_concept_clip.training import loop
+from modeling_concept_clip.training.data import Loaders
+
+ROOT = Path(__file__).resolve().parents[1]
+FSDP_CONFIG = ROOT / "training" / "configs" / "accelerate" / "fsdp_8gpu.yaml"
+
+
+def switch_to_fsdp2(accelerator):
+    config = load_config_from_file(str(FSDP_CONFIG)).fsdp_config
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        reshard_after_forward=config["fsdp_reshard_after_forward"],
+        state_dict_type=config["fsdp_state_dict_type"],
+        auto_wrap_policy=config["fsdp_auto_wrap_policy"].lower(),
+    )
+    accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def process_group_timeout() -> float:
+    group = dist.distributed_c10d._get_default_group()
+    return group._get_backend(torch.device("cpu")).options._timeout / timedelta(seconds=1)
+
+
+def main():
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    # The runs share one process group: torchrun's rendezvous does not take a second initialisation, and the first
+    # run's --ddp_timeout is the one read back.
+    destroy_process_group, PartialState.destroy_process_group = PartialState.destroy_process_group, lambda *_: None
+    build_accelerator, finish_run = loop.build_accelerator, loop.finish_run
+    collate, train_batches = ConceptCollator.__call__, Loaders.train_batches
+    report, received = {}, []
+    for run in spec["runs"]:
+        result = report[run["name"]] = {}
+
+        def build(args, run=run):
+            accelerator = build_accelerator(args)
+            if run.get("engine") == "fsdp2":
+                switch_to_fsdp2(accelerator)
+            if accelerator.is_main_process:
+                for path in run.get("before", {}).get("delete", []):
+                    shutil.rmtree(path)
+            accelerator.wait_for_everyone()
+            return accelerator
+
+        def finish(state_run, state, result=result):
+            result["process_group_timeout"] = process_group_timeout()  # before end_training tears the group down
+            finish_run(state_run, state)
+
+        def recording_collate(self, rows):  # the image paths of each batch (the blank row of `empty_batch` left out)
+            received.append([row[self.image_column] for row in rows if isinstance(row[self.image_column], str)])
+            return collate(self, rows)
+
+        def recording_train_batches(self, epoch, skip_batches=0):
+            received.append(f"epoch {epoch}")
+            return train_batches(self, epoch, skip_batches)
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        received.clear()
+        loop.build_accelerator, loop.finish_run = build, finish
+        ConceptCollator.__call__ = recording_collate if run.get("record_rows") else collate
+        Loaders.train_batches = recording_train_batches if run.get("record_rows") else train_batches
+        outcome = training.main(run["argv"])
+        result.update(completed_steps=outcome["completed_steps"], log=outcome["history"], rows=list(received))
+    Path(f"{spec['report']}.rank{os.environ['RANK']}").write_text(json.dumps(report))
+    dist.barrier()  # no process tears gloo down while a peer still has traffic in flight (an abort at exit)
+    destroy_process_group(PartialState())
+
+
+if __name__ == "__main__":
+    main()
+    # A native thread can still be joinable when C++ statics are destroyed (an abort at exit after passing work, about
+    # 1 run in 15 in tests/distributed_fsdp2_check.py): leave without running destructors.
+    sys.stdout.flush()
+    os._exit(0)
