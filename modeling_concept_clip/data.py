@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,9 @@ def _load_data_files(builder: str, files: list[str], streaming: bool, cache_dir:
             check_encoding(path, fix=fix)
             if builder == "json" and streaming:  # a stream would fail on a bad line only when it gets there
                 _check_json_lines(path)
+    if builder == "webdataset":
+        for path in local:
+            _check_tar_end(path)
     try:
         return datasets.load_dataset(
             builder, data_files={"train": files}, split="train", streaming=streaming, cache_dir=cache_dir
@@ -152,6 +156,20 @@ def _load_data_files(builder: str, files: list[str], streaming: bool, cache_dir:
             f"Could not read {', '.join(files[:5])}{' ...' if len(files) > 5 else ''} as {builder}: "
             f"{type(cause).__name__}: {cause}"
         ) from error
+
+
+def _check_tar_end(path: str) -> None:
+    """A tar archive ends with two zero blocks; `datasets` (through `tarfile`) stops quietly where a truncated
+    shard stops, losing its remaining samples unseen. Reads only the last 1 KiB (a complete shard always passes)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - 2 * tarfile.BLOCKSIZE))
+        tail = handle.read()
+    if size < 2 * tarfile.BLOCKSIZE or tail.count(0) != len(tail):
+        raise InputFileError(
+            f"{path} is truncated or not a tar shard ({size} bytes, no end-of-archive blocks): download or write it "
+            "again, or leave it out of --train_file."
+        )
 
 
 def _is_blank(path: str) -> bool:

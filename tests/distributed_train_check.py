@@ -78,8 +78,9 @@ def main():
             result["process_group_timeout"] = process_group_timeout()  # before end_training tears the group down
             finish_run(state_run, state)
 
-        def recording_collate(self, rows):  # the image paths of each batch (the blank row of `empty_batch` left out)
-            received.append([row[self.image_column] for row in rows if isinstance(row[self.image_column], str)])
+        def recording_collate(self, rows):  # each batch's WebDataset keys or image paths (not `empty_batch`'s row)
+            ids = (row.get("__key__", row[self.image_column]) for row in rows)
+            received.append([row_id for row_id in ids if isinstance(row_id, str)])
             return collate(self, rows)
 
         def recording_train_batches(self, epoch, skip_batches=0):

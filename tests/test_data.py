@@ -49,6 +49,17 @@ def test_brace_pattern_loads_the_shards_and_names_a_missing_one(tmp_path):
         load_image_text_dataset(data_file=str(tmp_path / "{00000..00003}.tar"))
 
 
+@pytest.mark.parametrize("keep", [512 * 7 + 100, 0])
+def test_truncated_shard_is_named_before_training(tmp_path, keep):
+    """`datasets` reads a truncated tar quietly up to where it stops: its later samples would be lost unseen."""
+    write_tar_shards(tmp_path, num_shards=2, per_shard=4)
+    shard = tmp_path / "00001.tar"
+    shard.write_bytes(shard.read_bytes()[:keep])  # cut inside the second sample's image, or empty
+    for streaming in (False, True):
+        with pytest.raises(InputFileError, match=r"00001\.tar is truncated"):
+            load_image_text_dataset(data_file=str(tmp_path / "*.tar"), streaming=streaming)
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_shard_concepts_are_joined_by_key_and_a_missing_key_reaches_the_collator(tmp_path, processor, streaming):
     written = write_tar_shards(tmp_path / "shards", num_shards=3, per_shard=4)

@@ -7,14 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 from accelerate.data_loader import SeedableRandomSampler
 from safetensors.torch import load_file
 from transformers import CLIPModel, SiglipModel
 
+from modeling_concept_clip.commands import extract_concepts as extract_cli
 from modeling_concept_clip.testing_utils import save_tiny_checkpoint
 
+from .shard_fixtures import gold_captions, sample_key, write_tar_shard
 from .test_train import common_flags, read_log, run_training
 from .train_fixtures import as_flags, make_rows, write_dataset, write_shards
 
@@ -153,6 +157,35 @@ def stream_runs(root: Path) -> list[dict]:
     ]
 
 
+def tar_stream_runs(root: Path) -> list[dict]:
+    """The same 9 steps over WebDataset tar shards (6, 6, 4 and 8 samples, gold-set captions) whose concepts come
+    from `concept-clip-extract` over the shards, joined by key (`--concepts_dir`); 2 keys are taken out of their
+    shard's concepts file, so 2 samples have no concepts. Checkpoint at step 4; then the run resumed from it."""
+    shards = root / "tars"
+    for shard, (offset, size) in enumerate([(0, 6), (6, 6), (12, 4), (16, 8)]):
+        write_tar_shard(shards / f"{shard:05d}.tar", shard, gold_captions(size, offset=offset))
+    pattern = str(shards / "{00000..00003}.tar")
+    concepts = root / "tar-concepts"
+    assert extract_cli.main(["--input", pattern, "--output_dir", str(concepts), "--n_process", "1", "--disable_progress_bar"]) == 0  # fmt: skip
+    for key in TAR_KEYS_WITHOUT_CONCEPTS:
+        path = concepts / f"{key[:5]}.parquet"
+        table = pq.read_table(path)
+        pq.write_table(table.filter(pc.field("__key__") != key), path)
+    flags = common_flags(str(root / "clip"), root / "tar-stream-out", steps=9, batch=2)
+    flags += ["--train_file", pattern, "--concepts_dir", str(concepts), "--image_column", "png", "--caption_column", "txt"]  # fmt: skip
+    flags += ["--streaming", "true", "--shuffle_buffer_size", "5", "--max_bad_fraction", "0.5"]
+    flags += ["--checkpointing_steps", "4", "--checkpoints_total_limit", "3"]
+    resumed = flags + ["--resume_from_checkpoint", str(root / "tar-stream-out" / "checkpoints" / "checkpoint-4")]
+    return [
+        {"name": "tar-stream", "argv": flags, "record_rows": True},
+        {"name": "tar-stream-resumed", "argv": resumed + ["--overwrite_output_dir"], "record_rows": True},
+    ]
+
+
+TAR_KEYS = [sample_key(shard, i) for shard, size in enumerate([6, 6, 4, 8]) for i in range(size)]
+TAR_KEYS_WITHOUT_CONCEPTS = (sample_key(1, 2), sample_key(3, 5))
+
+
 @pytest.fixture(scope="module")
 def engines_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("engines")
@@ -168,7 +201,7 @@ def torchrun_results(engines_root):
     root = engines_root
     runs = [run for kind in ("clip", "siglip") for engine in ("ddp", "fsdp2") for run in engine_runs(root, kind, engine)]  # fmt: skip
     runs[0]["argv"] += ["--ddp_timeout", "1234"]  # the first run initialises the process group that all runs share
-    runs += stream_runs(root)
+    runs += stream_runs(root) + tar_stream_runs(root)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     return run_spec(root, runs, torchrun, ACCELERATE_USE_CPU="1")
 
@@ -214,8 +247,14 @@ def test_fsdp2_trains_checkpoints_resumes_and_exports_as_ddp(model_type, torchru
 
 
 @pytest.mark.slow
-def test_stream_is_split_between_processes_and_resumes_at_the_same_row(torchrun_results):
-    full, resumed = torchrun_results["stream"], torchrun_results["stream-resumed"]
+@pytest.mark.parametrize(
+    "name, expected_rows",
+    [("stream", [f"images/{i:04d}.png" for i in range(24)]), ("tar-stream", sorted(TAR_KEYS))],
+)
+def test_stream_is_split_between_processes_and_resumes_at_the_same_row(name, expected_rows, torchrun_results):
+    """Parquet files, and tar shards with their concepts joined by key: each row once per epoch across processes,
+    the rows without concepts counted as bad rows, and a mid-epoch resume that reads the same rows after it."""
+    full, resumed = torchrun_results[name], torchrun_results[f"{name}-resumed"]
 
     def epochs(rows: list) -> list[list[list[str]]]:  # per epoch, the batches (image paths) this process read
         split = []
@@ -227,7 +266,7 @@ def test_stream_is_split_between_processes_and_resumes_at_the_same_row(torchrun_
         return split
 
     first_epoch = [path for process in full for batch in epochs(process["rows"])[0] for path in batch]
-    assert sorted(first_epoch) == [f"images/{i:04d}.png" for i in range(24)]  # every row once, on one process
+    assert sorted(first_epoch) == expected_rows  # every row once, on one process
     log = full[0]["log"]
     steps_in_first_epoch = sum(e["epoch"] == 0 for e in log)
     assert steps_in_first_epoch == max(len(epochs(process["rows"])[0]) for process in full)

@@ -74,6 +74,11 @@ class DataArguments:
     concepts_column: str = field(
         default="concepts", metadata={"help": "Precomputed concepts; extracted once before training if absent."}
     )
+    concepts_dir: str | None = field(
+        default=None,
+        metadata={"help": "Per-shard concepts written by `concept-clip-extract` over the --train_file WebDataset "
+                  "shards, joined to each sample by its __key__."},
+    )  # fmt: skip
     max_concepts_per_image: int = field(default=8, metadata={"help": "Concepts kept per caption (caption order)."})
     spacy_model: str | None = field(default=None, metadata={"help": "spaCy pipeline for concept extraction."})
     concept_extraction_mode: Literal["parser", "pos"] = field(

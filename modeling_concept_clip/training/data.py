@@ -41,6 +41,8 @@ def load_split(data_args: DataArguments, model_args: ModelArguments, split: str)
         sources = dict(data_file=data_args.train_file, data_dir=data_args.train_dir)
         if data_args.dataset_name:
             sources = dict(dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name)
+        if data_args.concepts_dir:  # load_image_text_dataset refuses it for anything but tar shards
+            sources.update(concepts_dir=data_args.concepts_dir, concepts_column=data_args.concepts_column)
     else:
         sources = dict(data_file=data_args.validation_file, data_dir=data_args.validation_dir)
     return load_image_text_dataset(
