@@ -1,8 +1,11 @@
 """Batch collation for C2LIP training: images, captions and the flattened concept batch.
 
 Each row gives one image, one caption and its concepts. The concepts of all rows are concatenated into one
-`(num_concepts, length)` batch with `concept_image_index` (the row of each concept) and `concept_ids` (a stable
-identity of each concept's normalised text, for "shared" positives).
+`(num_concepts, length)` batch with `concept_image_index` (the row of each concept), `concept_ids` (a stable
+identity of each concept's normalised text, for "shared" positives), and the distinct token rows
+(`concept_unique_index`, `concept_unique_inverse`): the model encodes each distinct concept once. Everything whose
+size or value depends on the data is decided here, on the CPU in the loader workers, so that the model's step
+makes no host sync.
 
 A bad row (image missing or unreadable, caption empty or not a string, no concepts) is dropped from its batch and
 reported in `batch["skipped"]`, so the training loop can count it; it never raises inside a data-loader worker.
@@ -28,6 +31,18 @@ SKIP_REASONS = ("image", "caption", "concepts")
 class SkippedRow:
     reason: str  # one of SKIP_REASONS
     detail: str  # what was wrong, naming the row (image path or caption)
+
+
+def unique_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(index, inverse)` of the distinct rows of the row-aligned 2-D `tensors`, in order of first occurrence:
+    `rows[index]` are the distinct rows and `rows[index][inverse]` gives every row back."""
+    keys = list(zip(*(map(tuple, tensor.tolist()) for tensor in tensors)))
+    first: dict = {}
+    inverse = [first.setdefault(key, len(first)) for key in keys]
+    index = [0] * len(first)
+    for row, position in reversed(list(enumerate(inverse))):
+        index[position] = row
+    return torch.tensor(index, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
 
 
 def _describe(row: dict[str, Any], image_column: str) -> str:
@@ -124,7 +139,9 @@ class ConceptCollator:
         batch.update(self._tokenize(captions))
         if self.concepts_column is not None:
             flat = [c for row_concepts in concepts for c in row_concepts]
-            batch.update({f"concept_{key}": value for key, value in self._tokenize(flat).items()})
+            tokens = self._tokenize(flat)
+            batch.update({f"concept_{key}": value for key, value in tokens.items()})
+            batch["concept_unique_index"], batch["concept_unique_inverse"] = unique_rows(*tokens.values())
             batch["concept_image_index"] = torch.tensor(
                 [i for i, row_concepts in enumerate(concepts) for _ in row_concepts], dtype=torch.long
             )

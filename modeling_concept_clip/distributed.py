@@ -1,10 +1,13 @@
-"""Collectives for losses that span processes: differentiable and ragged all-gathers.
+"""Collectives for losses that span processes: differentiable and ragged all-gathers, and the exchange of sizes.
 
 `accelerator.gather` carries no gradient, so contrastive losses gather with `_AllGatherWithGrad`, whose backward
 sends every process the sum of the gradients that all processes' losses send to its rows (an all-reduce: every
 backend has it, unlike reduce-scatter, and the gathered embeddings are small next to the model's gradients).
 Concept batches are ragged (each process has its own number of concepts, possibly zero), so rows are padded to
 the largest count before the gather and the padding is dropped afterwards.
+
+The row counts themselves are host integers (tensor shapes): `all_gather_sizes` exchanges them through a CPU
+(gloo) process group, host to host, so that no process waits for its accelerator to read them back.
 """
 
 from __future__ import annotations
@@ -12,12 +15,39 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+_HOST_GROUPS: dict = {}
+
 
 def world_size_and_rank() -> tuple[int, int]:
     """`(world_size, rank)` of the default process group, `(1, 0)` when none is initialised."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+def _host_group():
+    """A process group that moves CPU tensors: the default one when its backend is gloo (alone or for CPU tensors,
+    as in `"cpu:gloo,cuda:nccl"`), else a gloo group over the same processes, created once (collectively)."""
+    default = dist.group.WORLD
+    if "gloo" in str(dist.get_backend(default)):
+        return default
+    if default not in _HOST_GROUPS:
+        _HOST_GROUPS[default] = dist.new_group(backend="gloo")
+    return _HOST_GROUPS[default]
+
+
+def all_gather_sizes(sizes: tuple[int, ...], world_size: int) -> list[tuple[int, ...]]:
+    """Every process's `sizes` (host integers, e.g. its numbers of images and concepts), in rank order.
+
+    The exchange runs host to host through a CPU (gloo) group: unlike a gather of a device tensor followed by
+    `.tolist()`, it does not wait for the accelerator to finish the work queued before it.
+    """
+    if world_size == 1:
+        return [tuple(sizes)]
+    local = torch.tensor(sizes, dtype=torch.long)
+    gathered = [torch.empty_like(local) for _ in range(world_size)]
+    dist.all_gather(gathered, local, group=_host_group())
+    return [tuple(piece.tolist()) for piece in gathered]
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -42,7 +72,7 @@ def all_gather_rows(tensor: torch.Tensor, sizes: list[int], with_grad: bool) -> 
 
     Args:
         tensor (`torch.Tensor` of shape `(sizes[rank], ...)`): this process's rows.
-        sizes: row counts of all processes; they may differ and may be zero.
+        sizes: row counts of all processes (see `all_gather_sizes`); they may differ and may be zero.
         with_grad: use the differentiable all-gather (the backward pass sums the gradients that all processes'
             losses send to these rows).
 

@@ -2,6 +2,9 @@
 
 The classes add no parameters. `from_pretrained` loads any plain CLIP/SigLIP checkpoint, `save_pretrained` (and
 `push_to_hub`) write a plain one, so a trained model costs nothing extra at inference and needs no custom code.
+
+With the extras of [`ConceptCollator`] (`concept_unique_index`, `concept_unique_inverse`, `concept_ids`), a C2LIP
+step makes no host sync: every shape is known on the host, and nothing the model computes is read back by it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import CLIPModel, PreTrainedModel, SiglipModel
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.models.siglip.modeling_siglip import SiglipOutput
@@ -30,7 +34,7 @@ class ConceptCLIPOutput(CLIPOutput):
     xac_loss (`torch.Tensor`, scalar): attention-pooled image embedding vs concepts (`None` when its weight is 0).
     concept_embeds (`torch.Tensor` of shape `(num_concepts, projection_dim)`): L2-normalised concept embeddings.
     image_token_embeds (`torch.Tensor` of shape `(batch_size, num_patches, projection_dim)`): L2-normalised patch
-        tokens in the joint space.
+        tokens in the joint space (`None` when `xac_weight` is 0: they are not computed).
     """
 
     caption_loss: torch.Tensor | None = None
@@ -53,6 +57,17 @@ class ConceptSiglipOutput(SiglipOutput):
     image_token_embeds: torch.Tensor | None = None
 
 
+def _check_index_tensor(name: str, tensor: torch.Tensor | None, length: int | None) -> None:
+    if tensor is None:
+        return
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor" + (" with one entry per concept." if length else "."))
+    if tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer (LongTensor), got dtype {tensor.dtype}.")
+    if length is not None and tensor.shape[0] != length:
+        raise ValueError(f"{name} has {tensor.shape[0]} entries, concept_input_ids has {length} rows.")
+
+
 def validate_concept_batch(
     concept_input_ids: torch.Tensor,
     concept_attention_mask: torch.Tensor | None,
@@ -60,8 +75,15 @@ def validate_concept_batch(
     concept_ids: torch.Tensor | None,
     num_images: int,
     allow_empty: bool,
+    concept_unique_index: torch.Tensor | None = None,
+    concept_unique_inverse: torch.Tensor | None = None,
 ) -> None:
-    """Raise a `ValueError` that names the problem of a malformed concept batch (before it reaches torch)."""
+    """Raise a `ValueError` that names the problem of a malformed concept batch (before it reaches torch).
+
+    Shapes and dtypes are always checked. The values of `concept_image_index` are checked only without the
+    collator's extras (`concept_unique_index`/`concept_unique_inverse`): reading them is a host sync, and the
+    collator builds them in range.
+    """
     if not isinstance(concept_input_ids, torch.Tensor) or concept_input_ids.dim() != 2:
         raise ValueError("concept_input_ids must be a 2-D tensor of shape (num_concepts, sequence_length).")
     if concept_input_ids.dtype.is_floating_point or concept_input_ids.dtype == torch.bool:
@@ -78,16 +100,17 @@ def validate_concept_batch(
         )
     if concept_image_index is None:
         raise ValueError("concept_image_index is required with concept_input_ids (the image of each concept).")
-    for name, tensor in (("concept_image_index", concept_image_index), ("concept_ids", concept_ids)):
-        if tensor is None:
-            continue
-        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 1:
-            raise ValueError(f"{name} must be a 1-D tensor with one entry per concept.")
-        if tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
-            raise ValueError(f"{name} must be an integer (LongTensor), got dtype {tensor.dtype}.")
-        if tensor.shape[0] != num_concepts:
-            raise ValueError(f"{name} has {tensor.shape[0]} entries, concept_input_ids has {num_concepts} rows.")
-    if num_concepts > 0:
+    _check_index_tensor("concept_image_index", concept_image_index, num_concepts)
+    _check_index_tensor("concept_ids", concept_ids, num_concepts)
+    if (concept_unique_index is None) != (concept_unique_inverse is None):
+        raise ValueError("Pass concept_unique_index and concept_unique_inverse together (ConceptCollator does).")
+    if concept_unique_index is not None:
+        _check_index_tensor("concept_unique_inverse", concept_unique_inverse, num_concepts)
+        _check_index_tensor("concept_unique_index", concept_unique_index, None)
+        num_unique = concept_unique_index.shape[0]
+        if num_unique > num_concepts or (num_unique == 0) != (num_concepts == 0):
+            raise ValueError(f"concept_unique_index has {num_unique} entries for {num_concepts} concepts.")
+    elif num_concepts > 0:  # a host sync; the collator's batches skip it
         low, high = int(concept_image_index.min()), int(concept_image_index.max())
         if low < 0 or high >= num_images:
             raise ValueError(
@@ -101,11 +124,12 @@ class ConceptModelMixin:
 
     Subclasses define `_patch_tokens(last_hidden_state)`: the vision tower's last hidden states `(B, T', D_vision)`
     to the patch tokens in the joint space `(B, T, D)`, computed from the same forward as the image embedding (DDP
-    and FSDP want one forward per step).
+    and FSDP want one forward per step); and `_causal_text`: whether the text tower attends causally.
     """
 
     _plain_model_class: type[PreTrainedModel]
     _output_class: type
+    _causal_text: bool
     loss_form: LossForm
 
     def __init__(self, config, concept_config: ConceptLossConfig | None = None):
@@ -124,34 +148,67 @@ class ConceptModelMixin:
         """Save as the plain base class (`architectures: ["CLIPModel"]` or `["SiglipModel"]`, safetensors only)."""
         return self.to_plain().save_pretrained(save_directory, *args, **kwargs)
 
-    def _image_embeds_and_tokens(self, pixel_values, interpolate_pos_encoding, **kwargs):
-        """`(vision_outputs, image_embeds (B, D), image_token_embeds (B, T, D))`, joint space, not normalised."""
-        vision_outputs = self.get_image_features(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
-        )
-        tokens = self._patch_tokens(vision_outputs.last_hidden_state)
-        return vision_outputs, vision_outputs.pooler_output, tokens
+    def _loss_world(self) -> tuple[int, int]:
+        """`(world_size, rank)` over which the losses gather: the default process group's, or `(1, 0)`."""
+        return world_size_and_rank() if self.concept_config.gather_across_processes else (1, 0)
+
+    def _text_attention_mask(self, attention_mask: torch.Tensor | None, dtype: torch.dtype):
+        """The 4-D attention mask that the text tower would build from a 2-D padding mask.
+
+        Built here because transformers reads a 2-D mask's values to decide whether it may skip it (a host sync per
+        text forward); a 4-D mask is used as given. Attention kernels other than SDPA and eager get the 2-D mask.
+        """
+        implementation = self.config.text_config._attn_implementation
+        if attention_mask is None or attention_mask.dim() != 2 or implementation not in ("sdpa", "eager"):
+            return attention_mask
+        length = attention_mask.shape[1]
+        keep = attention_mask.bool()[:, None, None, :].expand(-1, 1, length, length)
+        if self._causal_text:
+            keep = keep & torch.ones(length, length, dtype=torch.bool, device=keep.device).tril()
+        if implementation == "sdpa":
+            return keep
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
     def _text_embeds(self, input_ids, attention_mask, position_ids=None, **kwargs):
         """`(text_outputs, text_embeds (N, D))`, joint space, not normalised."""
+        mask = self._text_attention_mask(attention_mask, self.dtype)
         text_outputs = self.get_text_features(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs
         )
         return text_outputs, text_outputs.pooler_output
 
-    def _concept_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Text embeddings `(num_concepts, dim)` of the concepts; each distinct one ("a man" of many captions) is
-        encoded once. The text tower treats rows independently, so this changes nothing but the cost."""
+    def _concept_text_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Pooled text embeddings of the concept texts; recomputed in the backward pass with
+        `concept_gradient_checkpointing` (only the inputs and the pooled outputs stay in memory)."""
+
+        def embed(input_ids, attention_mask):
+            return self._text_embeds(input_ids, attention_mask)[1]
+
+        if self.concept_config.concept_gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(embed, input_ids, attention_mask, use_reentrant=False)
+        return embed(input_ids, attention_mask)
+
+    def _concept_embeds(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        unique_index: torch.Tensor | None = None,
+        unique_inverse: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Text embeddings `(num_concepts, dim)` of the concepts; each distinct row ("a man" of many captions) is
+        encoded once (the text tower treats rows independently, so this changes nothing but the cost).
+
+        `unique_index` (rows to encode) and `unique_inverse` (the encoded row of each concept) come from the
+        collator; without them `torch.unique` finds the distinct rows, a host sync (its output size depends on the
+        data)."""
+        if unique_index is not None:
+            mask = None if attention_mask is None else attention_mask[unique_index]
+            return self._concept_text_embeds(input_ids[unique_index], mask)[unique_inverse]
         length = input_ids.shape[1]
         key = input_ids if attention_mask is None else torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1)
         unique, inverse = torch.unique(key, dim=0, return_inverse=True)
-        if unique.shape[0] == key.shape[0]:
-            return self._text_embeds(input_ids, attention_mask)[1]
         mask = None if attention_mask is None else unique[:, length:].to(attention_mask.dtype)
-        return self._text_embeds(unique[:, :length], mask)[1][inverse]
-
-    def _gathers_across_processes(self) -> bool:
-        return self.concept_config.gather_across_processes and world_size_and_rank()[0] > 1
+        return self._concept_text_embeds(unique[:, :length], mask)[inverse]
 
     @can_return_tuple
     def forward(
@@ -166,6 +223,8 @@ class ConceptModelMixin:
         concept_attention_mask: torch.Tensor | None = None,
         concept_image_index: torch.LongTensor | None = None,
         concept_ids: torch.LongTensor | None = None,
+        concept_unique_index: torch.LongTensor | None = None,
+        concept_unique_inverse: torch.LongTensor | None = None,
         **kwargs,
     ):
         r"""
@@ -178,16 +237,28 @@ class ConceptModelMixin:
             Index, in this batch, of the image whose caption gave each concept.
         concept_ids (`torch.LongTensor` of shape `(num_concepts,)`, *optional*):
             Identity of each concept's normalised text (`"shared"` positives); derived from the tokens if omitted.
+        concept_unique_index (`torch.LongTensor` of shape `(num_unique_concepts,)`, *optional*):
+            One row of `concept_input_ids` per distinct concept (the rows to encode).
+        concept_unique_inverse (`torch.LongTensor` of shape `(num_concepts,)`, *optional*):
+            Position in `concept_unique_index` of each concept's row. Without these two, `forward` finds the
+            distinct rows itself (`torch.unique`, a host sync) and checks `concept_image_index`'s values (two more).
         return_loss (`bool`, *optional*): compute the losses.
 
         Without concept inputs this is exactly the base class's forward, except that in a distributed run with
         `return_loss` the caption loss spans all processes' batches. In a distributed run, every process passes
         concept inputs (possibly with zero rows), or none does.
         """
-        gathers = self._gathers_across_processes()
-        if concept_input_ids is None and not (return_loss and gathers):
-            if concept_image_index is not None or concept_ids is not None:
-                raise ValueError("concept_image_index/concept_ids were given without concept_input_ids.")
+        extras = (
+            concept_attention_mask,
+            concept_image_index,
+            concept_ids,
+            concept_unique_index,
+            concept_unique_inverse,
+        )
+        if concept_input_ids is None and any(value is not None for value in extras):
+            raise ValueError("Concept inputs (concept_image_index, ...) were given without concept_input_ids.")
+        world_size, rank = self._loss_world()
+        if concept_input_ids is None and not (return_loss and world_size > 1):
             return super().forward(
                 input_ids=input_ids,
                 pixel_values=pixel_values,
@@ -197,25 +268,78 @@ class ConceptModelMixin:
                 interpolate_pos_encoding=interpolate_pos_encoding,
                 **kwargs,
             )
+        return self._concept_forward(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            return_loss=return_loss,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            concept_input_ids=concept_input_ids,
+            concept_attention_mask=concept_attention_mask,
+            concept_image_index=concept_image_index,
+            concept_ids=concept_ids,
+            concept_unique_index=concept_unique_index,
+            concept_unique_inverse=concept_unique_inverse,
+            world_size=world_size,
+            rank=rank,
+            **kwargs,
+        )
+
+    def _concept_forward(
+        self,
+        input_ids,
+        pixel_values,
+        attention_mask,
+        position_ids,
+        return_loss,
+        interpolate_pos_encoding,
+        concept_input_ids,
+        concept_attention_mask,
+        concept_image_index,
+        concept_ids,
+        concept_unique_index,
+        concept_unique_inverse,
+        world_size,
+        rank,
+        **kwargs,
+    ):
+        """Both towers, the concept embeddings and the C2LIP losses (see `forward`)."""
         if pixel_values is None or input_ids is None:
             raise ValueError("C2LIP training needs both pixel_values and input_ids (the captions).")
-        if concept_input_ids is not None:
+        with_concepts = concept_input_ids is not None
+        if with_concepts:
             validate_concept_batch(
                 concept_input_ids,
                 concept_attention_mask,
                 concept_image_index,
                 concept_ids,
                 num_images=pixel_values.shape[0],
-                allow_empty=gathers,
+                allow_empty=world_size > 1,
+                concept_unique_index=concept_unique_index,
+                concept_unique_inverse=concept_unique_inverse,
             )
 
-        vision_outputs, image_embeds, image_tokens = self._image_embeds_and_tokens(
-            pixel_values, interpolate_pos_encoding, **kwargs
+        vision_outputs = self.get_image_features(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
+        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
+        image_tokens = None
+        if with_concepts and self.concept_config.xac_weight > 0:  # from the same vision forward (DDP, FSDP)
+            image_tokens = F.normalize(self._patch_tokens(vision_outputs.last_hidden_state), dim=-1)
         text_outputs, text_embeds = self._text_embeds(input_ids, attention_mask, position_ids, **kwargs)
-        image_embeds = F.normalize(image_embeds, dim=-1)
         text_embeds = F.normalize(text_embeds, dim=-1)
-        image_tokens = F.normalize(image_tokens, dim=-1)
+
+        concept_embeds = None
+        if with_concepts and concept_input_ids.shape[0] > 0:
+            concept_embeds = self._concept_embeds(
+                concept_input_ids, concept_attention_mask, concept_unique_index, concept_unique_inverse
+            )
+            concept_embeds = F.normalize(concept_embeds, dim=-1)
+        elif with_concepts:  # no concepts here; stays attached to the graph so this process joins the backward gathers
+            concept_embeds = text_embeds[:0]
+        if with_concepts and concept_ids is None and self.concept_config.concept_positives == "shared":
+            concept_ids = concept_ids_from_tokens(concept_input_ids, concept_attention_mask)
 
         logit_scale = self.logit_scale.exp()
         logit_bias = getattr(self, "logit_bias", None)
@@ -223,15 +347,6 @@ class ConceptModelMixin:
         logits_per_text = torch.matmul(text_embeds, image_embeds.t()) * logit_scale
         if logit_bias is not None:
             logits_per_text = logits_per_text + logit_bias
-
-        concept_embeds = None
-        if concept_input_ids is not None:
-            if concept_input_ids.shape[0] > 0:
-                concept_embeds = F.normalize(self._concept_embeds(concept_input_ids, concept_attention_mask), dim=-1)
-            else:  # no concepts here; stays attached to the graph so this process joins the backward gathers
-                concept_embeds = text_embeds[:0]
-            if concept_ids is None and self.concept_config.concept_positives == "shared":
-                concept_ids = concept_ids_from_tokens(concept_input_ids, concept_attention_mask)
 
         losses = None
         if return_loss:
@@ -246,22 +361,20 @@ class ConceptModelMixin:
                 concept_image_index=concept_image_index,
                 concept_ids=concept_ids,
                 config=self.concept_config,
+                world_size=world_size,
+                rank=rank,
             )
-            # Shares sum to the global loss; DDP averages gradients, so scale by the number of processes.
-            scale = world_size_and_rank()[0] if gathers else 1
-            losses = {name: None if value is None else value * scale for name, value in vars(losses).items()}
-
         return self._output_class(
-            loss=losses["loss"] if losses else None,
+            loss=losses.loss if losses else None,
             logits_per_image=logits_per_text.T,
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
             image_embeds=image_embeds,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
-            caption_loss=losses["caption_loss"] if losses else None,
-            npc_loss=losses["npc_loss"] if losses else None,
-            xac_loss=losses["xac_loss"] if losses else None,
+            caption_loss=losses.caption_loss if losses else None,
+            npc_loss=losses.npc_loss if losses else None,
+            xac_loss=losses.xac_loss if losses else None,
             concept_embeds=concept_embeds,
             image_token_embeds=image_tokens,
         )
@@ -273,20 +386,37 @@ class ConceptCLIPModel(ConceptModelMixin, CLIPModel):
     Patch tokens in the joint space: `visual_projection(post_layernorm(last_hidden_state[:, 1:]))`, i.e. each patch
     goes through the same layer norm and projection as the CLS token that gives the image embedding.
 
-    Example:
+    Example (runs offline: a tiny model built from a config, and the collator's batch):
 
     ```python
-    >>> from modeling_concept_clip import ConceptCLIPModel, ConceptLossConfig
-    >>> model = ConceptCLIPModel.from_pretrained("openai/clip-vit-base-patch32", dtype="float32",
-    ...                                          concept_config=ConceptLossConfig(concept_positives="shared"))
-    >>> outputs = model(**batch, return_loss=True)  # batch from `ConceptCollator`
+    >>> import torch
+    >>> from PIL import Image
+    >>> from modeling_concept_clip import ConceptCLIPModel, ConceptCollator, ConceptLossConfig
+    >>> from modeling_concept_clip.testing_utils import build_tiny_model_and_processor
+
+    >>> plain, processor = build_tiny_model_and_processor("clip")  # or CLIPModel.from_pretrained(...) and its processor
+    >>> model = ConceptCLIPModel(plain.config, ConceptLossConfig(concept_positives="shared"))
+    >>> model.load_state_dict(plain.state_dict())  # from_pretrained(path, concept_config=...) does both
+    <All keys matched successfully>
+    >>> rows = [
+    ...     {"image": Image.new("RGB", (32, 32), "red"), "caption": "a red circle next to a cat",
+    ...      "concepts": ["a red circle", "a cat"]},
+    ...     {"image": Image.new("RGB", (32, 32), "blue"), "caption": "a cat on a blue couch",
+    ...      "concepts": ["a cat", "a blue couch"]},
+    ... ]
+    >>> batch = ConceptCollator(processor)(rows)
+    >>> del batch["skipped"], batch["num_rows"]  # bookkeeping for the training loop
+    >>> outputs = model(**batch, return_loss=True)
     >>> outputs.loss.backward()
-    >>> model.save_pretrained("out")  # a plain CLIPModel checkpoint
+    >>> sorted(name for name in ("caption_loss", "npc_loss", "xac_loss") if outputs[name] is not None)
+    ['caption_loss', 'npc_loss', 'xac_loss']
+    >>> model.save_pretrained("c2lip-clip")  # a plain CLIPModel checkpoint
     ```
     """
 
     _plain_model_class = CLIPModel
     _output_class = ConceptCLIPOutput
+    _causal_text = True
     loss_form: LossForm = "softmax"
 
     def _patch_tokens(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
@@ -302,10 +432,41 @@ class ConceptSiglipModel(ConceptModelMixin, SiglipModel):
     that token (value and output projections, then `h + mlp(layernorm(h))`). This is computed by calling the head
     itself on each token as a sequence of length one, where the softmax over a single key is exactly one-hot, so
     the head's own forward runs (FSDP and DeepSpeed ZeRO-3 gather its sharded weights as usual).
+
+    SigLIP pools the last text position and was trained on texts padded to 64 tokens, so its concepts are padded
+    the same way (`ConceptCollator(pad_to_max_length=True)`) and each costs a caption's text forward:
+    `ConceptLossConfig(concept_gradient_checkpointing=True)` trades that memory for one more concept forward.
+
+    Example (runs offline: a tiny model built from a config, and the collator's batch):
+
+    ```python
+    >>> from PIL import Image
+    >>> from modeling_concept_clip import ConceptCollator, ConceptLossConfig, ConceptSiglipModel
+    >>> from modeling_concept_clip.testing_utils import build_tiny_model_and_processor
+
+    >>> plain, processor = build_tiny_model_and_processor("siglip")  # or SiglipModel.from_pretrained(...)
+    >>> config = ConceptLossConfig(concept_positives="owner", concept_gradient_checkpointing=True)
+    >>> model = ConceptSiglipModel(plain.config, config)
+    >>> model.load_state_dict(plain.state_dict())  # from_pretrained(path, concept_config=config) does both
+    <All keys matched successfully>
+    >>> rows = [
+    ...     {"image": Image.new("RGB", (32, 32), "red"), "caption": "a red circle", "concepts": ["a red circle"]},
+    ...     {"image": Image.new("RGB", (32, 32), "blue"), "caption": "a cat and a dog",
+    ...      "concepts": ["a cat", "a dog"]},
+    ... ]
+    >>> batch = ConceptCollator(processor, pad_to_max_length=True)(rows)
+    >>> del batch["skipped"], batch["num_rows"]
+    >>> outputs = model(**batch, return_loss=True)
+    >>> outputs.loss.backward()
+    >>> outputs.concept_embeds.shape  # one L2-normalised embedding per concept
+    torch.Size([3, 32])
+    >>> model.save_pretrained("c2lip-siglip")  # a plain SiglipModel checkpoint
+    ```
     """
 
     _plain_model_class = SiglipModel
     _output_class = ConceptSiglipOutput
+    _causal_text = False
     loss_form: LossForm = "sigmoid"
 
     def _patch_tokens(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
@@ -315,3 +476,13 @@ class ConceptSiglipModel(ConceptModelMixin, SiglipModel):
             raise ValueError("C2LIP on SigLIP needs the attention-pooling head (vision_config.vision_use_head=True).")
         batch_size, num_tokens, dim = last_hidden_state.shape
         return head(last_hidden_state.reshape(batch_size * num_tokens, 1, dim)).view(batch_size, num_tokens, -1)
+
+
+__all__ = [
+    "ConceptCLIPModel",
+    "ConceptCLIPOutput",
+    "ConceptModelMixin",
+    "ConceptSiglipModel",
+    "ConceptSiglipOutput",
+    "validate_concept_batch",
+]

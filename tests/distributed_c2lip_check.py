@@ -3,7 +3,9 @@
 Each process holds part of a global batch (uneven image counts; rank 1's images have no concepts at all). The
 DDP-wrapped concept model must give, per process, a loss whose mean over processes equals the single-process
 loss on the concatenated batch, and DDP-averaged gradients equal to the single-process gradients. Also checks the
-pure-function contract: the shares of `c2lip_losses` sum to the single-process loss.
+pure-function contract (the losses of `c2lip_losses` with `world_size`/`rank` average to the single-process loss),
+and that the C2LIP step with the collator's extras makes no host sync beyond those of the plain step (the sizes
+exchanged through the CPU group are host reads by design, counted apart).
 """
 
 import json
@@ -13,6 +15,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from modeling_concept_clip import ConceptCLIPModel, ConceptLossConfig, ConceptSiglipModel, c2lip_losses
+from modeling_concept_clip.collator import unique_rows
+from modeling_concept_clip.distributed import all_gather_sizes
+from modeling_concept_clip.host_syncs import HostSyncCounter
 from modeling_concept_clip.testing_utils import build_tiny_model_and_processor
 
 CAPTIONS = [
@@ -30,7 +35,7 @@ SPLIT = [(0, 4), (4, 6)]  # images of rank 0 and rank 1
 TOLERANCE = dict(atol=2e-5, rtol=1e-4)
 
 
-def make_batch(processor, model_type, images, pixel_values):
+def make_batch(processor, model_type, images, pixel_values, collator_extras=False):
     padding = "max_length" if model_type == "siglip" else True
     start, stop = images
     captions = processor.tokenizer(CAPTIONS[start:stop], padding=padding, return_tensors="pt")
@@ -41,7 +46,7 @@ def make_batch(processor, model_type, images, pixel_values):
     else:
         concept_ids = torch.zeros(0, 4, dtype=torch.long)
         concept_mask = torch.zeros(0, 4, dtype=torch.long)
-    return dict(
+    batch = dict(
         input_ids=captions.input_ids,
         attention_mask=captions.attention_mask,
         pixel_values=pixel_values[start:stop],
@@ -49,6 +54,10 @@ def make_batch(processor, model_type, images, pixel_values):
         concept_attention_mask=concept_mask,
         concept_image_index=torch.tensor([i for _, i in concepts], dtype=torch.long),
     )
+    if collator_extras:  # what ConceptCollator adds
+        batch["concept_unique_index"], batch["concept_unique_inverse"] = unique_rows(concept_ids, concept_mask)
+        batch["concept_ids"] = torch.tensor([hash_free_id(t) for t, _ in concepts], dtype=torch.long)
+    return batch
 
 
 def check(model_type, positives, rank, world_size):
@@ -70,9 +79,10 @@ def check(model_type, positives, rank, world_size):
     model.load_state_dict(plain.state_dict())
     model.train()
     ddp = DistributedDataParallel(model)
-    local = make_batch(processor, model_type, SPLIT[rank], pixel_values)
-    out = ddp(**local, return_loss=True)
-    out.loss.backward()
+    local = make_batch(processor, model_type, SPLIT[rank], pixel_values, collator_extras=True)
+    with HostSyncCounter(host_only=[all_gather_sizes]) as syncs:
+        out = ddp(**local, return_loss=True)
+        out.loss.backward()
 
     results = {}
     for name in ("loss", "caption_loss", "npc_loss", "xac_loss"):
@@ -86,6 +96,18 @@ def check(model_type, positives, rank, world_size):
         worst = max(worst, float((p.grad - ref_grads[name]).abs().max()))
     results["max_grad_diff"] = worst
 
+    # Host syncs of the same DDP model's plain step (captions only, local loss: the base class's forward).
+    model.concept_config = ConceptLossConfig(**config, gather_across_processes=False)
+    captions_only = {k: local[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    with HostSyncCounter() as plain_syncs:
+        ddp(**captions_only, return_loss=True).loss.backward()
+    model.concept_config = ConceptLossConfig(**config)
+    model.zero_grad()
+    added = syncs.counts - plain_syncs.counts
+    assert not added, f"the C2LIP step adds host syncs to the plain step: {dict(added)}"
+    assert dict(syncs.host_only_counts) == {"tolist": world_size}, dict(syncs.host_only_counts)
+    results["host_syncs"] = {"plain": dict(plain_syncs.counts), "c2lip": dict(syncs.counts)}
+
     # Pure function: shares of this process sum to the single-process loss, gradients of the inputs included.
     with torch.no_grad():
         out_local = model(**local)
@@ -95,7 +117,7 @@ def check(model_type, positives, rank, world_size):
         "concept_embeds": out_local.concept_embeds.clone().requires_grad_(),
         "image_tokens": out_local.image_token_embeds.clone().requires_grad_(),
     }
-    share = c2lip_losses(
+    local_loss = c2lip_losses(
         **embeds,
         logit_scale=model.logit_scale.exp().detach(),
         logit_bias=getattr(model, "logit_bias", None),
@@ -103,10 +125,13 @@ def check(model_type, positives, rank, world_size):
         concept_image_index=local["concept_image_index"],
         concept_ids=torch.tensor([hash_free_id(t) for t, i in CONCEPTS if SPLIT[rank][0] <= i < SPLIT[rank][1]]),
         config=ConceptLossConfig(**config),
+        world_size=world_size,
+        rank=rank,
     ).loss
-    share.backward()
-    total = share.detach().clone()
+    local_loss.backward()
+    total = local_loss.detach().clone()
     dist.all_reduce(total)
+    total /= world_size  # each process returns world_size times its share
     torch.testing.assert_close(total, ref_out.loss.detach(), **TOLERANCE)
     results["sum_of_shares"] = [float(total), float(ref_out.loss)]
     return results
