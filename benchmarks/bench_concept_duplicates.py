@@ -76,7 +76,9 @@ def main():
     captions = read_captions(args.captions)
     global_batch = args.processes * args.per_process
     if len(captions) < global_batch:
-        raise SystemExit(f"{args.captions} has {len(captions)} captions, fewer than one global batch ({global_batch}).")
+        raise SystemExit(
+            f"{args.captions} has {len(captions)} captions, fewer than one global batch ({global_batch})."
+        )
     with ConceptExtractor(ConceptExtractorConfig()) as extractor:
         all_concepts = extractor.extract(captions, on_invalid="empty")
     rng = random.Random(args.seed)
