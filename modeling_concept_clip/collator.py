@@ -3,7 +3,8 @@
 Each row gives one image, one caption and its concepts. The concepts of all rows are concatenated into one
 `(num_concepts, length)` batch with `concept_image_index` (the row of each concept), `concept_ids` (a stable
 identity of each concept's normalised text, for "shared" positives), and the distinct token rows
-(`concept_unique_index`, `concept_unique_inverse`): the model encodes each distinct concept once. Everything whose
+(`concept_unique_index`, `concept_unique_inverse`, and `concept_unique_keys`, a host-side list that identifies them
+across processes): the model encodes each distinct concept once. Everything whose
 size or value depends on the data is decided here, on the CPU in the loader workers, so that the model's step
 makes no host sync.
 
@@ -13,6 +14,7 @@ reported in `batch["skipped"]`, so the training loop can count it; it never rais
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -43,6 +45,19 @@ def unique_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     for row, position in reversed(list(enumerate(inverse))):
         index[position] = row
     return torch.tensor(index, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
+
+
+def token_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[int]:
+    """A 63-bit key of each row's unpadded tokens (BLAKE2b): equal on every process for the same text, whatever the
+    padding length of its batch; what global deduplication (`ConceptLossConfig.global_concept_dedup`) exchanges."""
+    rows = input_ids.tolist()
+    masks = [None] * len(rows) if attention_mask is None else attention_mask.tolist()
+    keys = []
+    for row, mask in zip(rows, masks):
+        tokens = row if mask is None else [token for token, keep in zip(row, mask) if keep]
+        digest = hashlib.blake2b(repr(tokens).encode(), digest_size=8).digest()
+        keys.append(int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF)
+    return keys
 
 
 def _describe(row: dict[str, Any], image_column: str) -> str:
@@ -142,8 +157,13 @@ class ConceptCollator:
             tokens = self._tokenize(flat)
             batch.update({f"concept_{key}": value for key, value in tokens.items()})
             batch["concept_unique_index"], batch["concept_unique_inverse"] = unique_rows(*tokens.values())
+            distinct = {key: value[batch["concept_unique_index"]] for key, value in tokens.items()}
+            batch["concept_unique_keys"] = token_keys(distinct["input_ids"], distinct.get("attention_mask"))
             batch["concept_image_index"] = torch.tensor(
                 [i for i, row_concepts in enumerate(concepts) for _ in row_concepts], dtype=torch.long
             )
             batch["concept_ids"] = torch.tensor([concept_id(c) for c in flat], dtype=torch.long)
         return batch
+
+
+__all__ = ["SKIP_REASONS", "ConceptCollator", "SkippedRow", "token_keys", "unique_rows"]

@@ -144,3 +144,6 @@ class HostSyncCounter:
     def __exit__(self, *exc_info):
         for mode in reversed(self._modes):
             mode.__exit__(*exc_info)
+
+
+__all__ = ["HostSyncCounter"]

@@ -94,6 +94,12 @@ class ConceptLossConfig:
         metadata={"help": "Recompute the concept text forward in the backward pass instead of keeping its "
                   "activations (SigLIP's 64-token concepts dominate the memory of a C2LIP step)."},
     )  # fmt: skip
+    global_concept_dedup: bool = field(
+        default=False,
+        metadata={"help": "With a process group, encode each distinct concept of the global batch once, on one "
+                  "process, and share the embeddings (with gradients) instead of encoding it on every process that "
+                  "has it. Needs ConceptCollator's concept_unique_keys."},
+    )  # fmt: skip
     gather_across_processes: bool = field(
         default=True,
         metadata={"help": "With a process group, compute the losses over the global batch (all processes' "
@@ -435,3 +441,14 @@ def c2lip_losses(
     # The shares of all processes sum to the global loss; DDP averages gradients, so each process returns
     # world_size times its share.
     return C2LIPLosses(**{name: value * world_size if world_size > 1 else value for name, value in losses.items()})
+
+
+__all__ = [
+    "C2LIPLosses",
+    "ConceptLossConfig",
+    "c2lip_losses",
+    "concept_ids_from_tokens",
+    "concept_positive_mask",
+    "sigmoid_loss_sum",
+    "soft_target_cross_entropy",
+]

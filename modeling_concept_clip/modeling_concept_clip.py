@@ -19,7 +19,13 @@ from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.models.siglip.modeling_siglip import SiglipOutput
 from transformers.utils.generic import can_return_tuple
 
-from .distributed import world_size_and_rank
+from .distributed import (
+    all_gather_host_lists,
+    all_gather_rows,
+    plan_distinct_encoding,
+    to_device_async,
+    world_size_and_rank,
+)
 from .losses import ConceptLossConfig, LossForm, c2lip_losses, concept_ids_from_tokens
 
 
@@ -119,6 +125,10 @@ def validate_concept_batch(
             )
 
 
+def _take_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, rows: torch.Tensor):
+    return input_ids[rows], None if attention_mask is None else attention_mask[rows]
+
+
 class ConceptModelMixin:
     """Shared C2LIP forward of the concept classes.
 
@@ -192,23 +202,41 @@ class ConceptModelMixin:
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        unique_index: torch.Tensor | None = None,
-        unique_inverse: torch.Tensor | None = None,
+        unique_index: torch.Tensor | None,
+        unique_inverse: torch.Tensor | None,
+        unique_keys: list[int] | None,
+        world_size: int,
+        rank: int,
+        empty: torch.Tensor,
     ) -> torch.Tensor:
-        """Text embeddings `(num_concepts, dim)` of the concepts; each distinct row ("a man" of many captions) is
-        encoded once (the text tower treats rows independently, so this changes nothing but the cost).
+        """Text embeddings `(num_concepts, dim)` of the concepts, each distinct row ("a man" of many captions)
+        encoded once: per process, or with `global_concept_dedup` once in the global batch. The text tower treats
+        rows independently, so this changes nothing but the cost.
 
-        `unique_index` (rows to encode) and `unique_inverse` (the encoded row of each concept) come from the
-        collator; without them `torch.unique` finds the distinct rows, a host sync (its output size depends on the
-        data)."""
-        if unique_index is not None:
-            mask = None if attention_mask is None else attention_mask[unique_index]
-            return self._concept_text_embeds(input_ids[unique_index], mask)[unique_inverse]
-        length = input_ids.shape[1]
-        key = input_ids if attention_mask is None else torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1)
-        unique, inverse = torch.unique(key, dim=0, return_inverse=True)
-        mask = None if attention_mask is None else unique[:, length:].to(attention_mask.dtype)
-        return self._concept_text_embeds(unique[:, :length], mask)[inverse]
+        `unique_index` (rows to encode), `unique_inverse` (the encoded row of each concept) and `unique_keys` (their
+        identities across processes) come from the collator; without them `torch.unique` finds the distinct rows, a
+        host sync (its output size depends on the data). `empty` is a `(0, dim)` tensor attached to the graph,
+        returned when this process has no concepts.
+        """
+        if self.concept_config.global_concept_dedup and world_size > 1:
+            if unique_keys is None or unique_index is None:
+                raise ValueError("global_concept_dedup needs the collator's concept_unique_index/_inverse/_keys.")
+            plan = plan_distinct_encoding(all_gather_host_lists(unique_keys, world_size), rank)
+            rows = unique_index[to_device_async(plan.encode, input_ids.device)]
+            own = self._concept_text_embeds(*_take_rows(input_ids, attention_mask, rows)) if plan.encode else empty
+            table = all_gather_rows(own, plan.counts, with_grad=True)  # every distinct concept of all processes
+            return table[to_device_async(plan.table_positions, input_ids.device)][unique_inverse]
+        if input_ids.shape[0] == 0:
+            return empty
+        if unique_index is None:  # a host sync
+            key = (
+                input_ids if attention_mask is None else torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1)
+            )
+            unique, unique_inverse = torch.unique(key, dim=0, return_inverse=True)
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+            first = torch.zeros_like(rows[: unique.shape[0]])
+            unique_index = first.scatter_reduce(0, unique_inverse, rows, "amin", include_self=False)
+        return self._concept_text_embeds(*_take_rows(input_ids, attention_mask, unique_index))[unique_inverse]
 
     @can_return_tuple
     def forward(
@@ -225,6 +253,7 @@ class ConceptModelMixin:
         concept_ids: torch.LongTensor | None = None,
         concept_unique_index: torch.LongTensor | None = None,
         concept_unique_inverse: torch.LongTensor | None = None,
+        concept_unique_keys: list[int] | None = None,
         **kwargs,
     ):
         r"""
@@ -242,6 +271,9 @@ class ConceptModelMixin:
         concept_unique_inverse (`torch.LongTensor` of shape `(num_concepts,)`, *optional*):
             Position in `concept_unique_index` of each concept's row. Without these two, `forward` finds the
             distinct rows itself (`torch.unique`, a host sync) and checks `concept_image_index`'s values (two more).
+        concept_unique_keys (`list[int]`, *optional*):
+            A host-side identity of each distinct row, equal across processes for the same text; needed by
+            `ConceptLossConfig(global_concept_dedup=True)`.
         return_loss (`bool`, *optional*): compute the losses.
 
         Without concept inputs this is exactly the base class's forward, except that in a distributed run with
@@ -254,6 +286,7 @@ class ConceptModelMixin:
             concept_ids,
             concept_unique_index,
             concept_unique_inverse,
+            concept_unique_keys,
         )
         if concept_input_ids is None and any(value is not None for value in extras):
             raise ValueError("Concept inputs (concept_image_index, ...) were given without concept_input_ids.")
@@ -281,6 +314,7 @@ class ConceptModelMixin:
             concept_ids=concept_ids,
             concept_unique_index=concept_unique_index,
             concept_unique_inverse=concept_unique_inverse,
+            concept_unique_keys=concept_unique_keys,
             world_size=world_size,
             rank=rank,
             **kwargs,
@@ -300,6 +334,7 @@ class ConceptModelMixin:
         concept_ids,
         concept_unique_index,
         concept_unique_inverse,
+        concept_unique_keys,
         world_size,
         rank,
         **kwargs,
@@ -331,13 +366,18 @@ class ConceptModelMixin:
         text_embeds = F.normalize(text_embeds, dim=-1)
 
         concept_embeds = None
-        if with_concepts and concept_input_ids.shape[0] > 0:
+        if with_concepts:  # `text_embeds[:0]`: no concepts here, but attached to the graph for the backward gathers
             concept_embeds = self._concept_embeds(
-                concept_input_ids, concept_attention_mask, concept_unique_index, concept_unique_inverse
+                concept_input_ids,
+                concept_attention_mask,
+                concept_unique_index,
+                concept_unique_inverse,
+                concept_unique_keys,
+                world_size,
+                rank,
+                empty=text_embeds[:0],
             )
             concept_embeds = F.normalize(concept_embeds, dim=-1)
-        elif with_concepts:  # no concepts here; stays attached to the graph so this process joins the backward gathers
-            concept_embeds = text_embeds[:0]
         if with_concepts and concept_ids is None and self.concept_config.concept_positives == "shared":
             concept_ids = concept_ids_from_tokens(concept_input_ids, concept_attention_mask)
 

@@ -295,7 +295,7 @@ def test_no_patch_tokens_without_xac(tiny, monkeypatch):
     torch.testing.assert_close(out.loss, out.caption_loss + out.npc_loss, rtol=0, atol=0)
 
 
-def saved_tensor_bytes(function):
+def saved_tensor_bytes(function, *args, **kwargs):
     """`(bytes of the tensors that autograd keeps for the backward pass while function runs, its result)`."""
     total = 0
 
@@ -305,7 +305,7 @@ def saved_tensor_bytes(function):
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        result = function()
+        result = function(*args, **kwargs)
     return total, result
 
 
@@ -316,7 +316,7 @@ def test_concept_gradient_checkpointing_is_exact_and_keeps_less(tiny):
     for checkpointing in (False, True):
         model, _ = load(tiny, concept_config=ConceptLossConfig(concept_gradient_checkpointing=checkpointing))
         model.train()
-        saved, out = saved_tensor_bytes(lambda: model(**inputs))
+        saved, out = saved_tensor_bytes(model, **inputs)
         out.loss.backward()
         results[checkpointing] = saved, out.loss.detach(), [p.grad for p in model.parameters()]
     (saved_off, loss_off, grads_off), (saved_on, loss_on, grads_on) = results[False], results[True]
