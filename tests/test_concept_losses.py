@@ -221,7 +221,15 @@ def test_config_is_a_command_line_of_its_own():
     assert all(f.metadata.get("help") for f in fields(ConceptLossConfig))
     parser = HfArgumentParser(ConceptLossConfig)
     (config,) = parser.parse_args_into_dataclasses(
-        ["--tau", "2", "--concept_positives", "owner", "--pooling_memory_mb", "inf", "--concept_gradient_checkpointing"]
+        [
+            "--tau",
+            "2",
+            "--concept_positives",
+            "owner",
+            "--pooling_memory_mb",
+            "inf",
+            "--concept_gradient_checkpointing",
+        ]
     )
     assert config == ConceptLossConfig(
         tau=2.0, concept_positives="owner", pooling_memory_mb=None, concept_gradient_checkpointing=True
