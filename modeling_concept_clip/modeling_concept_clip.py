@@ -207,7 +207,7 @@ class ConceptModelMixin:
         unique_keys: list[int] | None,
         world_size: int,
         rank: int,
-        empty: torch.Tensor,
+        filler: tuple[torch.Tensor, torch.Tensor | None],
     ) -> torch.Tensor:
         """Text embeddings `(num_concepts, dim)` of the concepts, each distinct row ("a man" of many captions)
         encoded once: per process, or with `global_concept_dedup` once in the global batch. The text tower treats
@@ -215,19 +215,24 @@ class ConceptModelMixin:
 
         `unique_index` (rows to encode), `unique_inverse` (the encoded row of each concept) and `unique_keys` (their
         identities across processes) come from the collator; without them `torch.unique` finds the distinct rows, a
-        host sync (its output size depends on the data). `empty` is a `(0, dim)` tensor attached to the graph,
-        returned when this process has no concepts.
+        host sync (its output size depends on the data).
+
+        A process with nothing to encode (no concepts in its batch, or all of them encoded elsewhere) still runs
+        the text tower, on `filler` (one caption row), and returns a `(0, dim)` slice of it: every process then runs
+        the same modules the same number of times (FSDP gathers each sharded module's weights at every call), and
+        its empty rows stay attached to the graph, so that it joins the backward pass's collectives.
         """
         if self.concept_config.global_concept_dedup and world_size > 1:
             if unique_keys is None or unique_index is None:
                 raise ValueError("global_concept_dedup needs the collator's concept_unique_index/_inverse/_keys.")
             plan = plan_distinct_encoding(all_gather_host_lists(unique_keys, world_size), rank)
             rows = unique_index[to_device_async(plan.encode, input_ids.device)]
-            own = self._concept_text_embeds(*_take_rows(input_ids, attention_mask, rows)) if plan.encode else empty
+            own = self._concept_text_embeds(*_take_rows(input_ids, attention_mask, rows) if plan.encode else filler)
+            own = own if plan.encode else own[:0]
             table = all_gather_rows(own, plan.counts, with_grad=True)  # every distinct concept of all processes
             return table[to_device_async(plan.table_positions, input_ids.device)][unique_inverse]
         if input_ids.shape[0] == 0:
-            return empty
+            return self._concept_text_embeds(*filler)[:0]
         if unique_index is None:  # a host sync
             key = (
                 input_ids if attention_mask is None else torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1)
@@ -366,7 +371,7 @@ class ConceptModelMixin:
         text_embeds = F.normalize(text_embeds, dim=-1)
 
         concept_embeds = None
-        if with_concepts:  # `text_embeds[:0]`: no concepts here, but attached to the graph for the backward gathers
+        if with_concepts:
             concept_embeds = self._concept_embeds(
                 concept_input_ids,
                 concept_attention_mask,
@@ -375,7 +380,7 @@ class ConceptModelMixin:
                 concept_unique_keys,
                 world_size,
                 rank,
-                empty=text_embeds[:0],
+                filler=_take_rows(input_ids, attention_mask, slice(0, 1)),
             )
             concept_embeds = F.normalize(concept_embeds, dim=-1)
         if with_concepts and concept_ids is None and self.concept_config.concept_positives == "shared":
