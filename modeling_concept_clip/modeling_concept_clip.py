@@ -83,6 +83,7 @@ def validate_concept_batch(
     allow_empty: bool,
     concept_unique_index: torch.Tensor | None = None,
     concept_unique_inverse: torch.Tensor | None = None,
+    concept_unique_keys: list[int] | None = None,
 ) -> None:
     """Raise a `ValueError` that names the problem of a malformed concept batch (before it reaches torch).
 
@@ -116,6 +117,10 @@ def validate_concept_batch(
         num_unique = concept_unique_index.shape[0]
         if num_unique > num_concepts or (num_unique == 0) != (num_concepts == 0):
             raise ValueError(f"concept_unique_index has {num_unique} entries for {num_concepts} concepts.")
+        if concept_unique_keys is not None and len(concept_unique_keys) != num_unique:
+            raise ValueError(
+                f"concept_unique_keys has {len(concept_unique_keys)} keys, concept_unique_index {num_unique} rows."
+            )
     elif num_concepts > 0:  # a host sync; the collator's batches skip it
         low, high = int(concept_image_index.min()), int(concept_image_index.max())
         if low < 0 or high >= num_images:
@@ -226,21 +231,23 @@ class ConceptModelMixin:
             if unique_keys is None or unique_index is None:
                 raise ValueError("global_concept_dedup needs the collator's concept_unique_index/_inverse/_keys.")
             plan = plan_distinct_encoding(all_gather_host_lists(unique_keys, world_size), rank)
-            rows = unique_index[to_device_async(plan.encode, input_ids.device)]
-            own = self._concept_text_embeds(*_take_rows(input_ids, attention_mask, rows) if plan.encode else filler)
-            own = own if plan.encode else own[:0]
+            if plan.encode:
+                rows = unique_index[to_device_async(plan.encode, input_ids.device)]
+                own = self._concept_text_embeds(*_take_rows(input_ids, attention_mask, rows))
+            else:
+                own = self._concept_text_embeds(*filler)[:0]
             table = all_gather_rows(own, plan.counts, with_grad=True)  # every distinct concept of all processes
             return table[to_device_async(plan.table_positions, input_ids.device)][unique_inverse]
         if input_ids.shape[0] == 0:
             return self._concept_text_embeds(*filler)[:0]
-        if unique_index is None:  # a host sync
+        if unique_index is None:  # a host sync: the number of distinct rows depends on the data
+            length = input_ids.shape[1]
             key = (
                 input_ids if attention_mask is None else torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1)
             )
             unique, unique_inverse = torch.unique(key, dim=0, return_inverse=True)
-            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-            first = torch.zeros_like(rows[: unique.shape[0]])
-            unique_index = first.scatter_reduce(0, unique_inverse, rows, "amin", include_self=False)
+            mask = None if attention_mask is None else unique[:, length:].to(attention_mask.dtype)
+            return self._concept_text_embeds(unique[:, :length], mask)[unique_inverse]
         return self._concept_text_embeds(*_take_rows(input_ids, attention_mask, unique_index))[unique_inverse]
 
     @can_return_tuple
@@ -358,6 +365,7 @@ class ConceptModelMixin:
                 allow_empty=world_size > 1,
                 concept_unique_index=concept_unique_index,
                 concept_unique_inverse=concept_unique_inverse,
+                concept_unique_keys=concept_unique_keys,
             )
 
         vision_outputs = self.get_image_features(
@@ -383,8 +391,8 @@ class ConceptModelMixin:
                 filler=_take_rows(input_ids, attention_mask, slice(0, 1)),
             )
             concept_embeds = F.normalize(concept_embeds, dim=-1)
-        if with_concepts and concept_ids is None and self.concept_config.concept_positives == "shared":
-            concept_ids = concept_ids_from_tokens(concept_input_ids, concept_attention_mask)
+            if concept_ids is None and self.concept_config.concept_positives == "shared":
+                concept_ids = concept_ids_from_tokens(concept_input_ids, concept_attention_mask)
 
         logit_scale = self.logit_scale.exp()
         logit_bias = getattr(self, "logit_bias", None)

@@ -239,3 +239,18 @@ def test_config_is_a_command_line_of_its_own():
         parser.parse_args_into_dataclasses(["--tau", "0"])
     with pytest.raises(SystemExit):  # argparse's own error for a value outside the choices
         parser.parse_args_into_dataclasses(["--concept_positives", "all"])
+
+
+def test_one_chunk_is_not_recomputed(monkeypatch):
+    """Chunks are recomputed in the backward pass only when there is more than one."""
+    import modeling_concept_clip.pooling as pooling
+
+    batch = random_batch(num_tokens=50, dim=32)
+    monkeypatch.setattr(pooling, "checkpoint", lambda *args, **kwargs: pytest.fail("recomputed"))
+    for budget in (None, 512.0):
+        concept_attention_scores(batch["concepts"], batch["tokens"], memory_budget_mb=budget).sum().backward()
+    monkeypatch.undo()
+    calls = []
+    monkeypatch.setattr(pooling, "checkpoint", lambda *args, **kwargs: calls.append(1) or args[0](*args[1:]))
+    concept_attention_scores(batch["concepts"], batch["tokens"], memory_budget_mb=0.006)
+    assert len(calls) == 8  # one chunk per concept

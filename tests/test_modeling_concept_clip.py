@@ -333,6 +333,7 @@ def test_concept_gradient_checkpointing_is_exact_and_keeps_less(tiny):
         (dict(concept_unique_index=torch.arange(8)), "concept_unique_index has 8 entries"),
         (dict(concept_unique_inverse=torch.zeros(3, dtype=torch.long)), "concept_unique_inverse has 3 entries"),
         (dict(concept_unique_index=torch.zeros(2, 2, dtype=torch.long)), "concept_unique_index must be a 1-D"),
+        (dict(concept_unique_keys=[1, 2]), "concept_unique_keys has 2 keys"),
     ],
 )
 def test_bad_collator_extras_raise_value_error(tiny, change, message):
