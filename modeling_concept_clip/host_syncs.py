@@ -45,7 +45,7 @@ _ALWAYS_SYNC = {
     aten.bincount.default: "bincount",
     aten.equal.default: "equal",
 }
-_BOOL_INDEX = {aten.index.Tensor: 1, aten.index_put.default: 1, aten.index_put_.default: 1}
+_INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default}  # indices: second argument
 _HOST_READS = {torch.Tensor.tolist: "tolist", torch.Tensor.numpy: "numpy", torch.Tensor.cpu: "cpu"}
 _UPLOADS = {torch.tensor: "tensor(data, device)", torch.as_tensor: "as_tensor(data, device)"}
 
@@ -80,7 +80,7 @@ class _DispatchCounter(TorchDispatchMode):
             self.counts.record(_ALWAYS_SYNC[func])
         elif func is aten.repeat_interleave.Tensor and kwargs.get("output_size") is None:
             self.counts.record("repeat_interleave")
-        elif func in _BOOL_INDEX and _has_bool_index(args[_BOOL_INDEX[func]]):
+        elif func in _INDEXING and _has_bool_index(args[1]):
             self.counts.record("boolean-mask index")
         return func(*args, **kwargs)
 
