@@ -130,6 +130,32 @@ def validate_concept_batch(
             )
 
 
+@dataclass
+class _ConceptInputs:
+    """The concept arguments of `forward` (see there), together."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    image_index: torch.Tensor | None
+    ids: torch.Tensor | None
+    unique_index: torch.Tensor | None
+    unique_inverse: torch.Tensor | None
+    unique_keys: list[int] | None
+
+    def validate(self, num_images: int, allow_empty: bool) -> None:
+        validate_concept_batch(
+            self.input_ids,
+            self.attention_mask,
+            self.image_index,
+            self.ids,
+            num_images,
+            allow_empty,
+            self.unique_index,
+            self.unique_inverse,
+            self.unique_keys,
+        )
+
+
 def _take_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, rows: torch.Tensor):
     return input_ids[rows], None if attention_mask is None else attention_mask[rows]
 
@@ -205,11 +231,7 @@ class ConceptModelMixin:
 
     def _concept_embeds(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        unique_index: torch.Tensor | None,
-        unique_inverse: torch.Tensor | None,
-        unique_keys: list[int] | None,
+        concepts: _ConceptInputs,
         world_size: int,
         rank: int,
         filler: tuple[torch.Tensor, torch.Tensor | None],
@@ -218,8 +240,8 @@ class ConceptModelMixin:
         encoded once: per process, or with `global_concept_dedup` once in the global batch. The text tower treats
         rows independently, so this changes nothing but the cost.
 
-        `unique_index` (rows to encode), `unique_inverse` (the encoded row of each concept) and `unique_keys` (their
-        identities across processes) come from the collator; without them `torch.unique` finds the distinct rows, a
+        `concepts.unique_index` (rows to encode), `.unique_inverse` (the encoded row of each concept) and
+        `.unique_keys` (their identities across processes) come from the collator; without them `torch.unique` finds the distinct rows, a
         host sync (its output size depends on the data).
 
         A process with nothing to encode (no concepts in its batch, or all of them encoded elsewhere) still runs
@@ -227,17 +249,18 @@ class ConceptModelMixin:
         the same modules the same number of times (FSDP gathers each sharded module's weights at every call), and
         its empty rows stay attached to the graph, so that it joins the backward pass's collectives.
         """
+        input_ids, attention_mask, unique_index = concepts.input_ids, concepts.attention_mask, concepts.unique_index
         if self.concept_config.global_concept_dedup and world_size > 1:
-            if unique_keys is None or unique_index is None:
+            if concepts.unique_keys is None or unique_index is None:
                 raise ValueError("global_concept_dedup needs the collator's concept_unique_index/_inverse/_keys.")
-            plan = plan_distinct_encoding(all_gather_host_lists(unique_keys, world_size), rank)
+            plan = plan_distinct_encoding(all_gather_host_lists(concepts.unique_keys, world_size), rank)
             if plan.encode:
                 rows = unique_index[to_device_async(plan.encode, input_ids.device)]
                 own = self._concept_text_embeds(*_take_rows(input_ids, attention_mask, rows))
             else:
                 own = self._concept_text_embeds(*filler)[:0]
             table = all_gather_rows(own, plan.counts, with_grad=True)  # every distinct concept of all processes
-            return table[to_device_async(plan.table_positions, input_ids.device)][unique_inverse]
+            return table[to_device_async(plan.table_positions, input_ids.device)][concepts.unique_inverse]
         if input_ids.shape[0] == 0:
             return self._concept_text_embeds(*filler)[:0]
         if unique_index is None:  # a host sync: the number of distinct rows depends on the data
@@ -245,10 +268,10 @@ class ConceptModelMixin:
             key = (
                 input_ids if attention_mask is None else torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1)
             )
-            unique, unique_inverse = torch.unique(key, dim=0, return_inverse=True)
+            unique, inverse = torch.unique(key, dim=0, return_inverse=True)
             mask = None if attention_mask is None else unique[:, length:].to(attention_mask.dtype)
-            return self._concept_text_embeds(unique[:, :length], mask)[unique_inverse]
-        return self._concept_text_embeds(*_take_rows(input_ids, attention_mask, unique_index))[unique_inverse]
+            return self._concept_text_embeds(unique[:, :length], mask)[inverse]
+        return self._concept_text_embeds(*_take_rows(input_ids, attention_mask, unique_index))[concepts.unique_inverse]
 
     @can_return_tuple
     def forward(
@@ -292,7 +315,8 @@ class ConceptModelMixin:
         `return_loss` the caption loss spans all processes' batches. In a distributed run, every process passes
         concept inputs (possibly with zero rows), or none does.
         """
-        extras = (
+        concepts = _ConceptInputs(
+            concept_input_ids,
             concept_attention_mask,
             concept_image_index,
             concept_ids,
@@ -300,10 +324,12 @@ class ConceptModelMixin:
             concept_unique_inverse,
             concept_unique_keys,
         )
-        if concept_input_ids is None and any(value is not None for value in extras):
-            raise ValueError("Concept inputs (concept_image_index, ...) were given without concept_input_ids.")
+        if concept_input_ids is None:
+            if any(value is not None for value in vars(concepts).values()):
+                raise ValueError("Concept inputs (concept_image_index, ...) were given without concept_input_ids.")
+            concepts = None
         world_size, rank = self._loss_world()
-        if concept_input_ids is None and not (return_loss and world_size > 1):
+        if concepts is None and not (return_loss and world_size > 1):
             return super().forward(
                 input_ids=input_ids,
                 pixel_values=pixel_values,
@@ -313,86 +339,48 @@ class ConceptModelMixin:
                 interpolate_pos_encoding=interpolate_pos_encoding,
                 **kwargs,
             )
+        if pixel_values is None or input_ids is None:
+            raise ValueError("C2LIP training needs both pixel_values and input_ids (the captions).")
         return self._concept_forward(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            return_loss=return_loss,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            concept_input_ids=concept_input_ids,
-            concept_attention_mask=concept_attention_mask,
-            concept_image_index=concept_image_index,
-            concept_ids=concept_ids,
-            concept_unique_index=concept_unique_index,
-            concept_unique_inverse=concept_unique_inverse,
-            concept_unique_keys=concept_unique_keys,
-            world_size=world_size,
-            rank=rank,
-            **kwargs,
-        )
+            input_ids, pixel_values, attention_mask, position_ids, return_loss, interpolate_pos_encoding, concepts,
+            world_size, rank, **kwargs,
+        )  # fmt: skip
 
     def _concept_forward(
         self,
-        input_ids,
-        pixel_values,
-        attention_mask,
-        position_ids,
-        return_loss,
-        interpolate_pos_encoding,
-        concept_input_ids,
-        concept_attention_mask,
-        concept_image_index,
-        concept_ids,
-        concept_unique_index,
-        concept_unique_inverse,
-        concept_unique_keys,
-        world_size,
-        rank,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.FloatTensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        return_loss: bool | None,
+        interpolate_pos_encoding: bool,
+        concepts: _ConceptInputs | None,
+        world_size: int,
+        rank: int,
         **kwargs,
     ):
-        """Both towers, the concept embeddings and the C2LIP losses (see `forward`)."""
-        if pixel_values is None or input_ids is None:
-            raise ValueError("C2LIP training needs both pixel_values and input_ids (the captions).")
-        with_concepts = concept_input_ids is not None
-        if with_concepts:
-            validate_concept_batch(
-                concept_input_ids,
-                concept_attention_mask,
-                concept_image_index,
-                concept_ids,
-                num_images=pixel_values.shape[0],
-                allow_empty=world_size > 1,
-                concept_unique_index=concept_unique_index,
-                concept_unique_inverse=concept_unique_inverse,
-                concept_unique_keys=concept_unique_keys,
-            )
+        """Both towers, the concept embeddings and the C2LIP losses (see `forward`); `concepts` is `None` for the
+        caption loss alone over all processes."""
+        if concepts is not None:
+            concepts.validate(num_images=pixel_values.shape[0], allow_empty=world_size > 1)
 
         vision_outputs = self.get_image_features(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         image_tokens = None
-        if with_concepts and self.concept_config.xac_weight > 0:  # from the same vision forward (DDP, FSDP)
+        if concepts is not None and self.concept_config.xac_weight > 0:  # from the same vision forward (DDP, FSDP)
             image_tokens = F.normalize(self._patch_tokens(vision_outputs.last_hidden_state), dim=-1)
         text_outputs, text_embeds = self._text_embeds(input_ids, attention_mask, position_ids, **kwargs)
         text_embeds = F.normalize(text_embeds, dim=-1)
 
-        concept_embeds = None
-        if with_concepts:
-            concept_embeds = self._concept_embeds(
-                concept_input_ids,
-                concept_attention_mask,
-                concept_unique_index,
-                concept_unique_inverse,
-                concept_unique_keys,
-                world_size,
-                rank,
-                filler=_take_rows(input_ids, attention_mask, slice(0, 1)),
-            )
-            concept_embeds = F.normalize(concept_embeds, dim=-1)
+        concept_embeds = concept_ids = None
+        if concepts is not None:
+            filler = _take_rows(input_ids, attention_mask, slice(0, 1))
+            concept_embeds = F.normalize(self._concept_embeds(concepts, world_size, rank, filler), dim=-1)
+            concept_ids = concepts.ids
             if concept_ids is None and self.concept_config.concept_positives == "shared":
-                concept_ids = concept_ids_from_tokens(concept_input_ids, concept_attention_mask)
+                concept_ids = concept_ids_from_tokens(concepts.input_ids, concepts.attention_mask)
 
         logit_scale = self.logit_scale.exp()
         logit_bias = getattr(self, "logit_bias", None)
@@ -411,7 +399,7 @@ class ConceptModelMixin:
                 loss_form=self.loss_form,
                 concept_embeds=concept_embeds,
                 image_tokens=image_tokens,
-                concept_image_index=concept_image_index,
+                concept_image_index=None if concepts is None else concepts.image_index,
                 concept_ids=concept_ids,
                 config=self.concept_config,
                 world_size=world_size,
