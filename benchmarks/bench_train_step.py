@@ -10,9 +10,11 @@ captions of 12-20 tokens and concepts of 4-8 tokens with padding masks; SigLIP t
 mask (its tokenizer's); `--concepts_per_image` concepts per image of which `--distinct_concepts` are new (the others
 repeat other images' concepts, as "a man" does), with the collator's distinct rows and identities.
 
-Each row runs in a fresh subprocess: the median step time of `--repeats` steps after two warm-up steps; the peak
-memory of a step (`torch.cuda.max_memory_allocated`; on a CPU, the peak resident set size of the process); host
-syncs of one step counted by `HostSyncCounter` (and, on CUDA, the warnings of `torch.cuda.set_sync_debug_mode`).
+Per model and batch size, one subprocess times the plain step, the C2LIP step and the C2LIP step with concept
+checkpointing interleaved (median of `--repeats` steps each, after two warm-up rounds; interleaving makes load from
+other processes hit all three alike) and counts the host syncs of one step of each (`HostSyncCounter`, and on
+CUDA the warnings of `torch.cuda.set_sync_debug_mode`); a fresh subprocess per variant measures its peak memory
+(`torch.cuda.max_memory_allocated`; on a CPU, the peak resident set size of the process).
 The FLOP-limit ratio is (plain + C2LIP's extra multiply-accumulates) / plain, from the configs: transformer blocks,
 patch embedding, the concept texts (distinct ones), the patch-token path, NPC and the attention pooling;
 backward = 2 x forward, and with concept checkpointing one more concept text forward.
@@ -128,72 +130,90 @@ def flop_limit(
     return plain, (3 * plain + extra_step) / (3 * plain)
 
 
-def _peak_rss_mb() -> float:
+VARIANTS = ("plain", "c2lip", "c2lip+checkpointing")
+
+
+class _Steps:
+    """The model and batch of one (model, images) row; `step(variant)` runs forward + backward."""
+
+    def __init__(self, args):
+        self.device = torch.device(args.device)
+        self.dtype = getattr(torch, args.dtype)
+        torch.manual_seed(0)
+        config = make_config(args.model)
+        model_class = ConceptCLIPModel if args.model == "clip" else ConceptSiglipModel
+        self.model = model_class(config, ConceptLossConfig()).to(self.device).train()
+        batch, concepts = make_batch(args.model, config, args.images, args.concepts_per_image, args.distinct_concepts)
+        self.batches = {"plain": batch, "c2lip": {**batch, **concepts}}
+        self.batches = {k: {n: t.to(self.device) for n, t in b.items()} for k, b in self.batches.items()}
+
+    def step(self, variant: str) -> None:
+        checkpointing = variant == "c2lip+checkpointing"
+        self.model.concept_config = ConceptLossConfig(concept_gradient_checkpointing=checkpointing)
+        batch = self.batches["plain" if variant == "plain" else "c2lip"]
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            loss = self.model(**batch, return_loss=True).loss
+        loss.backward()
+        self.model.zero_grad(set_to_none=True)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def run_timing(args) -> dict:
+    """Median step time and host syncs of every variant, interleaved step by step so that load from other
+    processes on a shared machine hits all variants alike."""
+    steps = _Steps(args)
+    for variant in VARIANTS * 2:  # warm-up
+        steps.step(variant)
+    times = {variant: [] for variant in VARIANTS}
+    for _ in range(args.repeats):
+        for variant in VARIANTS:
+            steps.synchronize()
+            start = time.perf_counter()
+            steps.step(variant)
+            steps.synchronize()
+            times[variant].append(time.perf_counter() - start)
+    results = {}
+    for variant in VARIANTS:
+        with HostSyncCounter() as syncs:
+            steps.step(variant)
+        steps.synchronize()
+        debug_syncs = None
+        if steps.device.type == "cuda":
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                steps.step(variant)
+                torch.cuda.set_sync_debug_mode("default")
+            debug_syncs = sum("synchronizing" in str(w.message) for w in caught)
+        results[variant] = {
+            "seconds": statistics.median(times[variant]),
+            "syncs": syncs.total,
+            "sync_ops": dict(syncs.counts),
+            "debug_syncs": debug_syncs,
+        }
+    return results
+
+
+def run_memory(args) -> float:
+    """Peak memory of a step of `args.variant` in this (fresh) process, in MB."""
+    steps = _Steps(args)
+    steps.step(args.variant)  # warm-up
+    steps.synchronize()
+    if steps.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        steps.step(args.variant)
+        return torch.cuda.max_memory_allocated() / 2**20
+    steps.step(args.variant)
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
-def run_row(args) -> dict:
-    """One (model, images, variant) row in this process: median step time, peak memory, host syncs."""
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    torch.manual_seed(0)
-    config = make_config(args.model)
-    concept_config = ConceptLossConfig(concept_gradient_checkpointing=args.variant == "c2lip+checkpointing")
-    model_class = ConceptCLIPModel if args.model == "clip" else ConceptSiglipModel
-    model = model_class(config, concept_config).to(device).train()
-    batch, concepts = make_batch(args.model, config, args.images, args.concepts_per_image, args.distinct_concepts)
-    if args.variant != "plain":
-        batch.update(concepts)
-    batch = {key: value.to(device) for key, value in batch.items()}
-
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(**batch, return_loss=True).loss
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(2):
-        step()
-    synchronize()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = _peak_rss_mb()
-    with HostSyncCounter() as syncs:
-        step()
-    synchronize()
-    debug_syncs = None
-    if device.type == "cuda":
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            step()
-            torch.cuda.set_sync_debug_mode("default")
-        debug_syncs = sum("synchronizing" in str(w.message) for w in caught)
-    return {
-        "seconds": statistics.median(times),
-        "peak_mb": peak_mb,
-        "syncs": syncs.total,
-        "sync_ops": dict(syncs.counts),
-        "debug_syncs": debug_syncs,
-    }
-
-
-def launch(args, model: str, images: int, variant: str) -> dict:
-    command = [sys.executable, __file__, "--row", model, str(images), variant]
+def launch(args, model: str, images: int, variant: str | None):
+    """`run_timing` (variant None) or `run_memory` in a fresh subprocess."""
+    command = [sys.executable, __file__, "--row", model, str(images), variant or "timing"]
     for name in ("device", "dtype", "concepts_per_image", "distinct_concepts", "repeats"):
         command.append(f"--{name}={getattr(args, name)}")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -218,7 +238,7 @@ def main():
     args = parser.parse_args()
     if args.row:
         args.model, args.images, args.variant = args.row[0], int(args.row[1]), args.row[2]
-        print(json.dumps(run_row(args)))
+        print(json.dumps(run_timing(args) if args.variant == "timing" else run_memory(args)))
         return
 
     machine = (
@@ -240,17 +260,19 @@ def main():
     for kind in args.models:
         config = make_config(kind)
         for images in args.images:
-            plain = launch(args, kind, images, "plain")
-            for variant in ("c2lip", "c2lip+checkpointing"):
-                row = launch(args, kind, images, variant)
+            timing = launch(args, kind, images, None)
+            memory = {variant: launch(args, kind, images, variant) for variant in VARIANTS}
+            plain = timing["plain"]
+            for variant in VARIANTS[1:]:
+                row, checkpointing = timing[variant], "checkpointing" in variant
                 _, limit = flop_limit(
-                    kind, config, images, args.concepts_per_image, args.distinct_concepts, "checkpointing" in variant
+                    kind, config, images, args.concepts_per_image, args.distinct_concepts, checkpointing
                 )
-                label = f"{MODELS[kind]}, {images}" + (", concept checkpointing" if "checkpointing" in variant else "")
+                label = f"{MODELS[kind]}, {images}" + (", concept checkpointing" if checkpointing else "")
                 print(
                     f"| {label} | {plain['seconds'] * 1e3:.0f} ms | {row['seconds'] * 1e3:.0f} ms | "
                     f"{row['seconds'] / plain['seconds']:.2f}x | {limit:.2f}x | "
-                    f"{plain['peak_mb'] / 1024:.1f} -> {row['peak_mb'] / 1024:.1f} GB | "
+                    f"{memory['plain'] / 1024:.1f} -> {memory[variant] / 1024:.1f} GB | "
                     f"{_syncs(plain)} / {_syncs(row)} |",
                     flush=True,
                 )
