@@ -342,3 +342,39 @@ def test_bad_collator_extras_raise_value_error(tiny, change, message):
     extras = {**collator_extras(concept_batch), **change}
     with pytest.raises(ValueError, match=message):
         model(**batch, **concept_batch, **extras, return_loss=True)
+
+
+@pytest.mark.parametrize("model_class", [ConceptCLIPModel, ConceptSiglipModel])
+def test_docstring_example_runs(model_class, tmp_path, monkeypatch):
+    """Each class's example runs as written (offline, a tiny model) and its printed values are right."""
+    import contextlib
+    import io
+    import re
+
+    block = re.search(r"```python\n(.*?)```", model_class.__doc__, re.S).group(1)
+    source, expected = [], []
+    for line in block.splitlines():
+        line = line.strip()
+        if line.startswith((">>> ", "... ")):
+            source.append(line[4:])
+        elif line and not line.startswith(">>>"):
+            expected.append(line)
+    monkeypatch.chdir(tmp_path)
+    output = io.StringIO()
+    namespace = {}
+    with contextlib.redirect_stdout(output):
+        for statement in _statements(source):  # "single": echoes expression values, as the prompt does
+            exec(compile(statement, "<example>", "single"), namespace)
+    assert output.getvalue().split("\n")[:-1] == expected
+    assert (tmp_path / ("c2lip-clip" if model_class is ConceptCLIPModel else "c2lip-siglip") / "config.json").exists()
+
+
+def _statements(lines):
+    """Group `>>>`/`...` lines into statements (a statement continues while its brackets are open)."""
+    chunk, depth = [], 0
+    for line in lines:
+        chunk.append(line)
+        depth += sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
+        if depth == 0:
+            yield "\n".join(chunk)
+            chunk = []
