@@ -12,7 +12,8 @@ repeat other images' concepts, as "a man" does), with the collator's distinct ro
 
 Per model and batch size, one subprocess times the plain step, the C2LIP step and the C2LIP step with concept
 checkpointing interleaved (median of `--repeats` steps each, after two warm-up rounds; interleaving makes load from
-other processes hit all three alike) and counts the host syncs of one step of each (`HostSyncCounter`, and on
+other processes hit all three alike; on a CPU the process's CPU time is measured, as other jobs stretch the wall
+time of every small operation) and counts the host syncs of one step of each (`HostSyncCounter`, and on
 CUDA the warnings of `torch.cuda.set_sync_debug_mode`); a fresh subprocess per variant measures its peak memory
 (`torch.cuda.max_memory_allocated`; on a CPU, the peak resident set size of the process).
 The FLOP-limit ratio is (plain + C2LIP's extra multiply-accumulates) / plain, from the configs: transformer blocks,
@@ -167,14 +168,17 @@ def run_timing(args) -> dict:
     steps = _Steps(args)
     for variant in VARIANTS * 2:  # warm-up
         steps.step(variant)
+    # On a CPU, the process's CPU time: other jobs on a shared machine stretch the wall time of every small
+    # operation (the scheduler's time slices), which inflates the step with more operations.
+    clock = time.perf_counter if steps.device.type == "cuda" else time.process_time
     times = {variant: [] for variant in VARIANTS}
     for _ in range(args.repeats):
         for variant in VARIANTS:
             steps.synchronize()
-            start = time.perf_counter()
+            start = clock()
             steps.step(variant)
             steps.synchronize()
-            times[variant].append(time.perf_counter() - start)
+            times[variant].append(clock() - start)
     results = {}
     for variant in VARIANTS:
         with HostSyncCounter() as syncs:
@@ -245,8 +249,10 @@ def main():
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     )
     memory = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS of the process"
+    clock = "wall time" if args.device.startswith("cuda") else "CPU time of the process (all threads)"
     print(
-        f"{machine}; torch {torch.__version__}; {args.dtype}; {args.concepts_per_image} concepts per image "
+        f"{machine}; torch {torch.__version__}; {args.dtype}; step time: {clock}; {args.concepts_per_image} "
+        f"concepts per image "
         f"({args.distinct_concepts} distinct); forward + backward, median of {args.repeats} steps; peak memory: "
         f"{memory}; host syncs per step: HostSyncCounter"
         + (" (torch.cuda.set_sync_debug_mode)" if args.device.startswith("cuda") else "")
