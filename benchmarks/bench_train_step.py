@@ -138,6 +138,8 @@ class _Steps:
     """The model and batch of one (model, images) row; `step(variant)` runs forward + backward."""
 
     def __init__(self, args):
+        if args.threads:
+            torch.set_num_threads(args.threads)
         self.device = torch.device(args.device)
         self.dtype = getattr(torch, args.dtype)
         torch.manual_seed(0)
@@ -218,7 +220,7 @@ def run_memory(args) -> float:
 def launch(args, model: str, images: int, variant: str | None):
     """`run_timing` (variant None) or `run_memory` in a fresh subprocess."""
     command = [sys.executable, __file__, "--row", model, str(images), variant or "timing"]
-    for name in ("device", "dtype", "concepts_per_image", "distinct_concepts", "repeats"):
+    for name in ("device", "dtype", "concepts_per_image", "distinct_concepts", "repeats", "threads"):
         command.append(f"--{name}={getattr(args, name)}")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
@@ -238,6 +240,13 @@ def main():
     parser.add_argument("--concepts_per_image", type=int, default=4)
     parser.add_argument("--distinct_concepts", type=int, default=3, help="new concepts per image")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per process on a CPU (0: torch's default); with 1, the "
+        "CPU time of a step is its compute alone, without the spinning of idle worker threads",
+    )
     parser.add_argument("--row", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:
@@ -246,7 +255,9 @@ def main():
         return
 
     machine = (
-        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU, {args.threads or torch.get_num_threads()} threads"
     )
     memory = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS of the process"
     clock = "wall time" if args.device.startswith("cuda") else "CPU time of the process (all threads)"
