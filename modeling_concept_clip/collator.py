@@ -4,9 +4,8 @@ Each row gives one image, one caption and its concepts. The concepts of all rows
 `(num_concepts, length)` batch with `concept_image_index` (the row of each concept), `concept_ids` (a stable
 identity of each concept's normalised text, for "shared" positives), and the distinct token rows
 (`concept_unique_index`, `concept_unique_inverse`, and `concept_unique_keys`, a host-side list that identifies them
-across processes): the model encodes each distinct concept once. Everything whose
-size or value depends on the data is decided here, on the CPU in the loader workers, so that the model's step
-makes no host sync.
+across processes): the model encodes each distinct concept once. Everything whose size or value depends on the data
+is decided here, on the CPU in the loader workers, so that the model's step makes no host sync.
 
 A bad row (image missing or unreadable, caption empty or not a string, no concepts) is dropped from its batch and
 reported in `batch["skipped"]`, so the training loop can count it; it never raises inside a data-loader worker.
@@ -39,11 +38,11 @@ def unique_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`(index, inverse)` of the distinct rows of the row-aligned 2-D `tensors`, in order of first occurrence:
     `rows[index]` are the distinct rows and `rows[index][inverse]` gives every row back."""
     keys = list(zip(*(map(tuple, tensor.tolist()) for tensor in tensors)))
-    first: dict = {}
-    inverse = [first.setdefault(key, len(first)) for key in keys]
-    index = [0] * len(first)
-    for row, position in reversed(list(enumerate(inverse))):
-        index[position] = row
+    first_row: dict = {}
+    for row, key in enumerate(keys):
+        first_row.setdefault(key, row)
+    position = {key: i for i, key in enumerate(first_row)}
+    index, inverse = list(first_row.values()), [position[key] for key in keys]
     return torch.tensor(index, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
 
 
