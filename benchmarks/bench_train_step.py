@@ -257,7 +257,7 @@ def main():
     machine = (
         torch.cuda.get_device_name()
         if args.device.startswith("cuda")
-        else f"CPU, {args.threads or torch.get_num_threads()} threads"
+        else f"CPU, torch threads: {args.threads or torch.get_num_threads()}"
     )
     memory = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS of the process"
     clock = "wall time" if args.device.startswith("cuda") else "CPU time of the process (all threads)"
