@@ -211,12 +211,33 @@ class ConceptModelMixin:
         return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
     def _text_embeds(self, input_ids, attention_mask, position_ids=None, **kwargs):
-        """`(text_outputs, text_embeds (N, D))`, joint space, not normalised."""
+        """`(text_outputs, text_embeds (N, D))`, joint space, not normalised.
+
+        N may be 0 (a process whose rows were all bad, in a distributed step): the tower then runs on one padding
+        row, dropped, so that this process takes part in the collectives of the others (DDP, FSDP)."""
+        num_texts = input_ids.shape[0]
+        if num_texts == 0:
+            input_ids = input_ids.new_ones((1, *input_ids.shape[1:]))
+            attention_mask = None if attention_mask is None else attention_mask.new_ones(input_ids.shape)
         mask = self._text_attention_mask(attention_mask, self.dtype)
         text_outputs = self.get_text_features(
             input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs
         )
-        return text_outputs, text_outputs.pooler_output
+        return text_outputs, text_outputs.pooler_output[:num_texts]
+
+    def _image_embeds_and_tokens(self, pixel_values, interpolate_pos_encoding, with_tokens: bool, **kwargs):
+        """`(vision_outputs, image_embeds (B, D), image_token_embeds (B, T, D) or None)`, joint space, not
+        normalised; the patch tokens come from the same vision forward (DDP and FSDP want one forward per step).
+
+        B may be 0, as N in `_text_embeds`: the tower (and the patch-token path) then runs on one padding image."""
+        num_images = pixel_values.shape[0]
+        if num_images == 0:
+            pixel_values = pixel_values.new_ones((1, *pixel_values.shape[1:]))
+        vision_outputs = self.get_image_features(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        )
+        tokens = self._patch_tokens(vision_outputs.last_hidden_state)[:num_images] if with_tokens else None
+        return vision_outputs, vision_outputs.pooler_output[:num_images], tokens
 
     def _concept_text_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Pooled text embeddings of the concept texts; recomputed in the backward pass with
@@ -251,9 +272,10 @@ class ConceptModelMixin:
         """
         input_ids, attention_mask, unique_index = concepts.input_ids, concepts.attention_mask, concepts.unique_index
         if self.concept_config.global_concept_dedup and world_size > 1:
-            if concepts.unique_keys is None or unique_index is None:
+            unique_keys = [] if concepts.unique_keys is None and input_ids.shape[0] == 0 else concepts.unique_keys
+            if unique_keys is None or unique_index is None:
                 raise ValueError("global_concept_dedup needs the collator's concept_unique_index/_inverse/_keys.")
-            plan = plan_distinct_encoding(all_gather_host_lists(concepts.unique_keys, world_size), rank)
+            plan = plan_distinct_encoding(all_gather_host_lists(unique_keys, world_size), rank)
             if plan.encode:
                 rows = unique_index[to_device_async(plan.encode, input_ids.device)]
                 own = self._concept_text_embeds(*_take_rows(input_ids, attention_mask, rows))
@@ -364,13 +386,12 @@ class ConceptModelMixin:
         if concepts is not None:
             concepts.validate(num_images=pixel_values.shape[0], allow_empty=world_size > 1)
 
-        vision_outputs = self.get_image_features(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        with_tokens = concepts is not None and self.concept_config.xac_weight > 0
+        vision_outputs, image_embeds, image_tokens = self._image_embeds_and_tokens(
+            pixel_values, interpolate_pos_encoding, with_tokens, **kwargs
         )
-        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
-        image_tokens = None
-        if concepts is not None and self.concept_config.xac_weight > 0:  # from the same vision forward (DDP, FSDP)
-            image_tokens = F.normalize(self._patch_tokens(vision_outputs.last_hidden_state), dim=-1)
+        image_embeds = F.normalize(image_embeds, dim=-1)
+        image_tokens = F.normalize(image_tokens, dim=-1) if with_tokens else None
         text_outputs, text_embeds = self._text_embeds(input_ids, attention_mask, position_ids, **kwargs)
         text_embeds = F.normalize(text_embeds, dim=-1)
 

@@ -37,7 +37,7 @@ def _pooled_scores(
 ) -> torch.Tensor:
     num_images, num_tokens, dim = image_tokens.shape
     # (n, M, T): <u_mt, c_n>, one matrix product over all images' tokens.
-    similarity = (concept_embeds @ image_tokens.reshape(-1, dim).T).view(-1, num_images, num_tokens)
+    similarity = (concept_embeds @ image_tokens.reshape(-1, dim).T).view(len(concept_embeds), num_images, num_tokens)
     attention = torch.softmax(tau * similarity, dim=-1)
     dot = (attention * similarity).sum(-1)  # <z, c>
     # (M, n, T) @ (M, T, T) -> (M, n, T): a^T G per image, batched over images.

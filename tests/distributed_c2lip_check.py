@@ -42,6 +42,9 @@ TOLERANCE = dict(atol=2e-5, rtol=1e-4)
 def make_batch(processor, model_type, images, pixel_values, collator_extras=False, all_concepts=CONCEPTS):
     padding = "max_length" if model_type == "siglip" else True
     start, stop = images
+    if start == stop:  # a process whose rows were all bad: the tensors of a batch, with zero rows (no host lists)
+        batch = make_batch(processor, model_type, (0, 1), pixel_values, collator_extras, all_concepts)
+        return {key: value[:0] for key, value in batch.items() if isinstance(value, torch.Tensor)}
     captions = processor.tokenizer(CAPTIONS[start:stop], padding=padding, return_tensors="pt")
     concepts = [(text, image - start) for text, image in all_concepts if start <= image < stop]
     if concepts:
@@ -66,7 +69,9 @@ def make_batch(processor, model_type, images, pixel_values, collator_extras=Fals
     return batch
 
 
-def ddp_against_single_process(model_type, plain, processor, pixel_values, config, all_concepts, rank, world_size):
+def ddp_against_single_process(
+    model_type, plain, processor, pixel_values, config, all_concepts, rank, world_size, split=SPLIT
+):
     """One DDP step of two processes against one process on the concatenated batch: losses, gradients, syncs."""
     concept_cls = ConceptCLIPModel if model_type == "clip" else ConceptSiglipModel
     # Single process on the concatenated batch (the process group is ignored).
@@ -74,7 +79,7 @@ def ddp_against_single_process(model_type, plain, processor, pixel_values, confi
     reference = concept_cls(plain.config, ConceptLossConfig(**single))
     reference.load_state_dict(plain.state_dict())
     reference.train()
-    full = make_batch(processor, model_type, (0, 6), pixel_values, all_concepts=all_concepts)
+    full = make_batch(processor, model_type, (split[0][0], split[-1][1]), pixel_values, all_concepts=all_concepts)
     ref_out = reference(**full, return_loss=True)
     ref_out.loss.backward()
     ref_grads = {name: p.grad.clone() for name, p in reference.named_parameters()}
@@ -84,7 +89,7 @@ def ddp_against_single_process(model_type, plain, processor, pixel_values, confi
     model.load_state_dict(plain.state_dict())
     model.train()
     ddp = DistributedDataParallel(model)
-    local = make_batch(processor, model_type, SPLIT[rank], pixel_values, True, all_concepts)
+    local = make_batch(processor, model_type, split[rank], pixel_values, True, all_concepts)
     with HostSyncCounter(host_only=[all_gather_sizes, all_gather_host_lists]) as syncs:
         out = ddp(**local, return_loss=True)
         out.loss.backward()
@@ -163,6 +168,13 @@ def check(model_type, positives, rank, world_size):
     plan = plan_distinct_encoding(all_gather_host_lists(keys, world_size), rank)
     assert plan.counts == [3, 3], plan
     results["global_dedup"] = {**dedup, "encoded_per_process": plan.counts}
+
+    # A process whose rows were all bad takes part with a batch of zero rows (images, captions and concepts).
+    empty, *_ = ddp_against_single_process(
+        model_type, plain, processor, pixel_values, {**config, "global_concept_dedup": True}, CONCEPTS_ACROSS,
+        rank, world_size, split=[(0, 4), (4, 4)],
+    )  # fmt: skip
+    results["process_without_rows"] = empty
     return results
 
 
