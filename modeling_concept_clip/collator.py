@@ -1,8 +1,11 @@
 """Batch collation for C2LIP training: images, captions and the flattened concept batch.
 
 Each row gives one image, one caption and its concepts. The concepts of all rows are concatenated into one
-`(num_concepts, length)` batch with `concept_image_index` (the row of each concept) and `concept_ids` (a stable
-identity of each concept's normalised text, for "shared" positives).
+`(num_concepts, length)` batch with `concept_image_index` (the row of each concept), `concept_ids` (a stable
+identity of each concept's normalised text, for "shared" positives), and the distinct token rows
+(`concept_unique_index`, `concept_unique_inverse`, and `concept_unique_keys`, a host-side list that identifies them
+across processes): the model encodes each distinct concept once. Everything whose size or value depends on the data
+is decided here, on the CPU in the loader workers, so that the model's step makes no host sync.
 
 A bad row (image missing or unreadable, caption empty or not a string, no concepts) is dropped from its batch and
 reported in `batch["skipped"]`, so the training loop can count it; it never raises inside a data-loader worker.
@@ -10,6 +13,7 @@ reported in `batch["skipped"]`, so the training loop can count it; it never rais
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -28,6 +32,31 @@ SKIP_REASONS = ("image", "caption", "concepts")
 class SkippedRow:
     reason: str  # one of SKIP_REASONS
     detail: str  # what was wrong, naming the row (image path or caption)
+
+
+def unique_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(index, inverse)` of the distinct rows of the row-aligned 2-D `tensors`, in order of first occurrence:
+    `rows[index]` are the distinct rows and `rows[index][inverse]` gives every row back."""
+    keys = list(zip(*(map(tuple, tensor.tolist()) for tensor in tensors)))
+    first_row: dict = {}
+    for row, key in enumerate(keys):
+        first_row.setdefault(key, row)
+    position = {key: i for i, key in enumerate(first_row)}
+    index, inverse = list(first_row.values()), [position[key] for key in keys]
+    return torch.tensor(index, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
+
+
+def token_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[int]:
+    """A 63-bit key of each row's unpadded tokens (BLAKE2b): equal on every process for the same text, whatever the
+    padding length of its batch; what global deduplication (`ConceptLossConfig.global_concept_dedup`) exchanges."""
+    rows = input_ids.tolist()
+    masks = [None] * len(rows) if attention_mask is None else attention_mask.tolist()
+    keys = []
+    for row, mask in zip(rows, masks):
+        tokens = row if mask is None else [token for token, keep in zip(row, mask) if keep]
+        digest = hashlib.blake2b(repr(tokens).encode(), digest_size=8).digest()
+        keys.append(int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF)
+    return keys
 
 
 def _describe(row: dict[str, Any], image_column: str) -> str:
@@ -124,9 +153,16 @@ class ConceptCollator:
         batch.update(self._tokenize(captions))
         if self.concepts_column is not None:
             flat = [c for row_concepts in concepts for c in row_concepts]
-            batch.update({f"concept_{key}": value for key, value in self._tokenize(flat).items()})
+            tokens = self._tokenize(flat)
+            batch.update({f"concept_{key}": value for key, value in tokens.items()})
+            batch["concept_unique_index"], batch["concept_unique_inverse"] = unique_rows(*tokens.values())
+            distinct = {key: value[batch["concept_unique_index"]] for key, value in tokens.items()}
+            batch["concept_unique_keys"] = token_keys(distinct["input_ids"], distinct.get("attention_mask"))
             batch["concept_image_index"] = torch.tensor(
                 [i for i, row_concepts in enumerate(concepts) for _ in row_concepts], dtype=torch.long
             )
             batch["concept_ids"] = torch.tensor([concept_id(c) for c in flat], dtype=torch.long)
         return batch
+
+
+__all__ = ["SKIP_REASONS", "ConceptCollator", "SkippedRow", "token_keys", "unique_rows"]

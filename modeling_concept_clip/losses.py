@@ -29,21 +29,30 @@ no false negative for either image.
 
 Distributed
 -----------
-With a process group, each process computes the loss terms of its own images (columns) against the concepts and
-captions of all processes (differentiable all-gather), and, for the softmax form, the rows of its own concepts.
-Every returned value is this process's *share*: the shares of all processes sum to the loss of the single-process
-run on the concatenated batch, and so do the gradients (the all-gather's backward sums them across processes).
+`world_size` and `rank` are arguments (the model passes those of the default process group). With more than one
+process, each computes the loss terms of its own images (columns) against the concepts and captions of all
+processes (one differentiable all-gather), and, for the softmax form, the rows of its own concepts. Each returned
+value is this process's share of the global batch's loss times `world_size`: their mean over processes (what DDP
+does to gradients, and `accelerator.gather(loss).mean()` to logs) is the loss of the single-process run on the
+concatenated batch, and so are the averaged gradients (the all-gather's backward sums them across processes).
+
+Host syncs
+----------
+None: every shape is known on the host (the per-process numbers of images and concepts are exchanged host to host,
+see `distributed.all_gather_sizes`), positives are built with sort and scatter instead of `unique`, and rows
+without positives contribute exact zeros instead of being selected with a boolean mask.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from .distributed import all_gather_rows, world_size_and_rank
+from .distributed import all_gather_rows, all_gather_sizes
 from .pooling import concept_attention_scores
 
 LossForm = Literal["sigmoid", "softmax"]
@@ -54,29 +63,66 @@ ConceptPositives = Literal["owner", "shared"]
 class ConceptLossConfig:
     """Settings of the C2LIP concept losses. Training-only: they are never written into a checkpoint's config.
 
-    Args:
-        npc_weight: weight of the noun-phrase (concept) contrastive loss on the global image embedding.
-        xac_weight: weight of the cross-modal attention-pooled concept loss.
-        tau: temperature of the parameter-free attention (1.0 in the release: close to uniform attention).
-        concept_positives: `"owner"` (the paper) or `"shared"` (identical concepts are positives of each other).
-        pooling_memory_mb: peak memory of one chunk of concepts in the pooling (`None`: no chunking).
-        gather_across_processes: compute the losses over the global batch when a process group is initialised.
+    Every field has `help` metadata, so `HfArgumentParser(ConceptLossConfig)` gives the command-line flags.
     """
 
-    npc_weight: float = 1.0
-    xac_weight: float = 0.01
-    tau: float = 1.0
-    concept_positives: ConceptPositives = "shared"
-    pooling_memory_mb: float | None = 512.0
-    gather_across_processes: bool = True
+    npc_weight: float = field(
+        default=1.0, metadata={"help": "Weight of NPC, the concept loss on the global image embedding (0: off)."}
+    )
+    xac_weight: float = field(
+        default=0.01,
+        metadata={"help": "Weight of XAC, the concept loss on the concept-specific attention-pooled image "
+                  "embedding (0: off, and the patch tokens are not computed)."},
+    )  # fmt: skip
+    tau: float = field(
+        default=1.0,
+        metadata={"help": "Temperature of the parameter-free attention pooling (1.0 in the authors' release: "
+                  "close to uniform attention)."},
+    )  # fmt: skip
+    concept_positives: ConceptPositives = field(
+        default="shared",
+        metadata={"help": "'owner' (the paper: a concept is positive only for its own image) or 'shared' (images "
+                  "with a concept of the same normalised text are positives of each other)."},
+    )  # fmt: skip
+    pooling_memory_mb: float | None = field(
+        default=512.0,
+        metadata={"help": "Peak memory of one chunk of concepts in the attention pooling, in MB; more chunks are "
+                  "recomputed in the backward pass. None or inf: one chunk."},
+    )  # fmt: skip
+    concept_gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute the concept text forward in the backward pass instead of keeping its "
+                  "activations (SigLIP's 64-token concepts dominate the memory of a C2LIP step)."},
+    )  # fmt: skip
+    global_concept_dedup: bool = field(
+        default=False,
+        metadata={"help": "With a process group, encode each distinct concept of the global batch once, on one "
+                  "process, and share the embeddings (with gradients) instead of encoding it on every process that "
+                  "has it. Needs ConceptCollator's concept_unique_keys."},
+    )  # fmt: skip
+    gather_across_processes: bool = field(
+        default=True,
+        metadata={"help": "With a process group, compute the losses over the global batch (all processes' "
+                  "captions and concepts are negatives); False: each process's own batch only."},
+    )  # fmt: skip
 
     def __post_init__(self):
+        for name in ("npc_weight", "xac_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 (0 turns the term off), got {value}.")
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            raise ValueError(f"tau must be a finite number > 0 (1.0 in the authors' release), got {self.tau}.")
         if self.concept_positives not in ("owner", "shared"):
             raise ValueError(f"concept_positives must be 'owner' or 'shared', got {self.concept_positives!r}.")
-        if self.npc_weight < 0 or self.xac_weight < 0:
-            raise ValueError(f"Loss weights must be >= 0, got npc={self.npc_weight}, xac={self.xac_weight}.")
-        if self.pooling_memory_mb is not None and self.pooling_memory_mb <= 0:
-            raise ValueError(f"pooling_memory_mb must be positive or None, got {self.pooling_memory_mb}.")
+        if self.pooling_memory_mb is not None:
+            if math.isnan(self.pooling_memory_mb) or self.pooling_memory_mb <= 0:
+                raise ValueError(
+                    f"pooling_memory_mb must be > 0 (MB per chunk), or None/inf for one chunk, got "
+                    f"{self.pooling_memory_mb}."
+                )
+            if math.isinf(self.pooling_memory_mb):
+                self.pooling_memory_mb = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,12 +130,25 @@ class ConceptLossConfig:
 
 @dataclass
 class C2LIPLosses:
-    """This process's share of each loss term (see the module docstring); `None` for a term that was skipped."""
+    """Each loss term (see the module docstring for the scaling with processes); `None` for a term that was skipped."""
 
     loss: torch.Tensor
     caption_loss: torch.Tensor
     npc_loss: torch.Tensor | None = None
     xac_loss: torch.Tensor | None = None
+
+
+def _dense_identity(concept_ids: torch.Tensor) -> torch.Tensor:
+    """`(N,)` int64 ids -> `(N,)` labels in `[0, N)`, equal exactly where the ids are equal.
+
+    `torch.unique(return_inverse=True)` gives the same grouping, but its output size depends on the data (a host
+    sync on a GPU); a sort, a cumulative sum and a scatter have static shapes.
+    """
+    sorted_ids, order = torch.sort(concept_ids)
+    starts = torch.ones_like(sorted_ids, dtype=torch.bool)
+    starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    labels = torch.cumsum(starts, 0) - 1
+    return torch.empty_like(labels).scatter_(0, order, labels)
 
 
 def concept_positive_mask(
@@ -119,10 +178,9 @@ def concept_positive_mask(
     if concept_ids is None:
         raise ValueError("concept_positives='shared' needs concept_ids (an integer identity per concept text).")
     # Image m is a positive of concept n when m owns some concept with n's identity.
-    _, identity = torch.unique(concept_ids, return_inverse=True)
-    owns_identity = torch.zeros(int(identity.max()) + 1, num_images, dtype=torch.bool, device=owner.device)
-    owns_identity[identity, concept_image_index] = True
-    return owns_identity[identity]
+    identity = _dense_identity(concept_ids)
+    owns_identity = torch.zeros(owner.shape, device=owner.device).index_add_(0, identity, owner.float())
+    return owns_identity[identity] > 0
 
 
 def concept_ids_from_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -160,45 +218,147 @@ def soft_target_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> 
     """Cross-entropy of each row's softmax against the uniform distribution over the row's positives.
 
     Args:
-        logits (`torch.Tensor` of shape `(rows, classes)`).
-        positives (`torch.BoolTensor` of shape `(rows, classes)`): at least one positive per row.
+        logits (`torch.Tensor` of shape `(..., rows, classes)`).
+        positives (`torch.BoolTensor` of shape `(rows, classes)`); a row without positives gives exactly 0.
 
     Returns:
-        `torch.Tensor` of shape `(rows,)`.
+        `torch.Tensor` of shape `(..., rows)`.
     """
     target = positives.float() / positives.sum(-1, keepdim=True).clamp_min(1)
     return -(target * F.log_softmax(logits, dim=-1)).sum(-1)
 
 
-def _softmax_concept_shares(
-    block_logits: torch.Tensor,
-    positives: torch.Tensor,
-    image_counts: list[int],
-    image_offset: int,
-    concept_rows: slice,
+@dataclass
+class _GlobalBatch:
+    """The global batch as one process sees it: all processes' embeddings (rank order) and its own place in them."""
+
+    texts: torch.Tensor  # (num_images, dim)
+    images: torch.Tensor  # (num_images, dim)
+    concepts: torch.Tensor  # (num_concepts, dim)
+    concept_image_index: torch.Tensor | None  # (num_concepts,), index into all images
+    concept_ids: torch.Tensor | None  # (num_concepts,)
+    image_counts: list[int]  # images of each process
+    local_images: slice  # this process's images
+    local_concepts: slice  # this process's concepts
+
+
+def _gather_batch(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    concept_embeds: torch.Tensor,
+    concept_image_index: torch.Tensor | None,
+    concept_ids: torch.Tensor | None,
+    world_size: int,
+    rank: int,
+) -> _GlobalBatch:
+    """Captions, images and concepts of all processes (differentiable), with the concepts' images and identities."""
+    num_images, num_concepts = image_embeds.shape[0], concept_embeds.shape[0]
+    if world_size == 1:
+        return _GlobalBatch(
+            texts=text_embeds,
+            images=image_embeds,
+            concepts=concept_embeds,
+            concept_image_index=concept_image_index,
+            concept_ids=concept_ids,
+            image_counts=[num_images],
+            local_images=slice(0, num_images),
+            local_concepts=slice(0, num_concepts),
+        )
+    counts = all_gather_sizes((num_images, num_concepts), world_size)
+    image_offset = sum(m for m, _ in counts[:rank])
+    concept_offset = sum(n for _, n in counts[:rank])
+    # One differentiable gather of [texts; images; concepts]: a single collective, whose backward every process
+    # runs at the same point.
+    rows = [2 * m + n for m, n in counts]
+    packed = torch.cat([text_embeds, image_embeds, concept_embeds])
+    pieces = all_gather_rows(packed, rows, with_grad=True).split(rows)
+    index, ids = concept_image_index, concept_ids
+    if concept_image_index is not None:  # (num_concepts, 2): global image index and identity, one gather
+        labels = torch.stack([index.long() + image_offset, (index if ids is None else ids).long()], 1)
+        labels = all_gather_rows(labels, [n for _, n in counts], with_grad=False)
+        index, ids = labels[:, 0], None if ids is None else labels[:, 1]
+    return _GlobalBatch(
+        texts=torch.cat([piece[:m] for piece, (m, _) in zip(pieces, counts)]),
+        images=torch.cat([piece[m : 2 * m] for piece, (m, _) in zip(pieces, counts)]),
+        concepts=torch.cat([piece[2 * m :] for piece, (m, _) in zip(pieces, counts)]),
+        concept_image_index=index,
+        concept_ids=ids,
+        image_counts=[m for m, _ in counts],
+        local_images=slice(image_offset, image_offset + num_images),
+        local_concepts=slice(concept_offset, concept_offset + num_concepts),
+    )
+
+
+def _caption_loss(
+    batch: _GlobalBatch,
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | float,
+    loss_form: LossForm,
 ) -> torch.Tensor:
+    """This process's share of the backbone's image-caption loss (its images' columns, or rows)."""
+    num_images = batch.texts.shape[0]
+    local_images = torch.arange(batch.local_images.start, batch.local_images.stop, device=image_embeds.device)
+    if loss_form == "sigmoid":
+        positives = torch.arange(num_images, device=image_embeds.device)[:, None] == local_images[None, :]
+        logits = logit_scale * batch.texts @ image_embeds.T + logit_bias
+        return sigmoid_loss_sum(logits, positives) / num_images
+    image_to_text = F.cross_entropy(logit_scale * image_embeds @ batch.texts.T, local_images, reduction="sum")
+    text_to_image = F.cross_entropy(logit_scale * text_embeds @ batch.images.T, local_images, reduction="sum")
+    return (image_to_text + text_to_image) / (2 * num_images)
+
+
+def _concept_terms(
+    batch: _GlobalBatch,
+    image_embeds: torch.Tensor,
+    image_tokens: torch.Tensor | None,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | float,
+    loss_form: LossForm,
+    config: ConceptLossConfig,
+) -> dict[str, torch.Tensor]:
+    """This process's share of NPC and XAC (the terms with a weight > 0): all concepts against its images."""
+    positives = concept_positive_mask(
+        batch.concept_image_index, batch.texts.shape[0], batch.concept_ids, config.concept_positives
+    )
+    scores = {}  # (num_concepts, num_local_images) per term
+    if config.npc_weight > 0:
+        scores["npc"] = batch.concepts @ image_embeds.T
+    if config.xac_weight > 0:
+        scores["xac"] = concept_attention_scores(batch.concepts, image_tokens, config.tau, config.pooling_memory_mb)
+    if not scores:
+        return {}
+    logits = logit_scale * torch.stack(list(scores.values()))  # (num_terms, num_concepts, num_local_images)
+    if loss_form == "sigmoid":
+        positives = positives[:, batch.local_images]
+        shares = [sigmoid_loss_sum(block + logit_bias, positives) / batch.concepts.shape[0] for block in logits]
+        return dict(zip(scores, shares))
+    return dict(zip(scores, _softmax_concept_shares(batch, logits, positives).unbind()))
+
+
+def _softmax_concept_shares(batch: _GlobalBatch, logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """Symmetric multi-positive InfoNCE shares for this process's image columns and concept rows.
 
     Args:
-        block_logits (`torch.Tensor` of shape `(num_terms, num_concepts, num_local_images)`): all concepts against
-            this process's images, one slice per loss term (NPC, XAC).
+        logits (`torch.Tensor` of shape `(num_terms, num_concepts, num_local_images)`): all concepts against this
+            process's images, one slice per loss term.
         positives (`torch.BoolTensor` of shape `(num_concepts, num_images)`): the global positive mask.
 
     Returns:
         `torch.Tensor` of shape `(num_terms,)`.
     """
-    num_terms, num_concepts, num_local_images = block_logits.shape
-    local_positives = positives[:, image_offset : image_offset + num_local_images]
-    # image -> concepts: columns of this process's images, over all concepts.
-    has_concept = local_positives.any(0)
-    columns = block_logits.transpose(1, 2)[:, has_concept]  # (num_terms, images with concepts, num_concepts)
-    image_to_concepts = soft_target_cross_entropy(columns, local_positives.T[has_concept]).sum(-1)
+    # image -> concepts: this process's images over all concepts; an image without concepts adds exactly 0.
+    image_to_concepts = soft_target_cross_entropy(logits.transpose(1, 2), positives[:, batch.local_images].T)
     num_images_with_concepts = positives.any(0).sum().clamp_min(1)
-    # concept -> images: rows of this process's concepts, over all processes' images. One gather for all terms,
-    # so that every process runs the same collectives in the same order in the backward pass.
-    full_logits = all_gather_rows(block_logits.permute(2, 0, 1), image_counts, with_grad=True).permute(1, 2, 0)
-    concept_to_images = soft_target_cross_entropy(full_logits[:, concept_rows], positives[concept_rows]).sum(-1)
-    return 0.5 * (concept_to_images / num_concepts + image_to_concepts / num_images_with_concepts)
+    # concept -> images: this process's concepts over all processes' images. One gather for all terms, so that
+    # every process runs the same collectives in the same order in the backward pass.
+    all_logits = all_gather_rows(logits.permute(2, 0, 1), batch.image_counts, with_grad=True).permute(1, 2, 0)
+    rows = batch.local_concepts
+    concept_to_images = soft_target_cross_entropy(all_logits[:, rows], positives[rows])
+    return 0.5 * (
+        concept_to_images.sum(-1) / batch.concepts.shape[0] + image_to_concepts.sum(-1) / num_images_with_concepts
+    )
 
 
 def c2lip_losses(
@@ -212,14 +372,16 @@ def c2lip_losses(
     concept_image_index: torch.Tensor | None = None,
     concept_ids: torch.Tensor | None = None,
     config: ConceptLossConfig | None = None,
+    world_size: int = 1,
+    rank: int = 0,
 ) -> C2LIPLosses:
-    """Caption, NPC and XAC losses of one batch; this process's share when a process group is initialised.
+    """Caption, NPC and XAC losses of one batch, over all processes' batches when `world_size > 1`.
 
     Args:
         image_embeds (`torch.Tensor` of shape `(num_images, dim)`): L2-normalised global image embeddings.
         text_embeds (`torch.Tensor` of shape `(num_images, dim)`): L2-normalised caption embeddings, one per image.
-        logit_scale (`torch.Tensor`, scalar): the multiplier, i.e. `model.logit_scale.exp()`.
-        logit_bias (`torch.Tensor`, scalar, *optional*): SigLIP's bias (`None` for CLIP).
+        logit_scale (`torch.Tensor` of shape `()` or `(1,)`): the multiplier, i.e. `model.logit_scale.exp()`.
+        logit_bias (`torch.Tensor` of shape `()` or `(1,)`, *optional*): SigLIP's bias (`None` for CLIP).
         loss_form: `"sigmoid"` (SigLIP) or `"softmax"` (CLIP), see the module docstring.
         concept_embeds (`torch.Tensor` of shape `(num_concepts, dim)`, *optional*): L2-normalised concept
             embeddings; `None` computes the caption loss only. Zero rows are allowed on some processes (keep them
@@ -230,86 +392,63 @@ def c2lip_losses(
         concept_image_index (`torch.LongTensor` of shape `(num_concepts,)`): each concept's image, local index.
         concept_ids (`torch.LongTensor` of shape `(num_concepts,)`, *optional*): concept identities ("shared").
         config: loss weights, temperature, positives mode, memory budget.
+        world_size, rank: this process's place in the default process group (`(1, 0)`: no gathering).
 
     Returns:
-        [`C2LIPLosses`] with this process's share of `loss = caption + npc_weight * npc + xac_weight * xac`.
+        [`C2LIPLosses`] with `loss = caption + npc_weight * npc + xac_weight * xac`; with several processes, each
+        term is this process's share times `world_size` (their mean over processes is the global batch's loss).
     """
     config = config or ConceptLossConfig()
+    with_concepts = concept_embeds is not None
     if loss_form not in ("sigmoid", "softmax"):
         raise ValueError(f"loss_form must be 'sigmoid' or 'softmax', got {loss_form!r}.")
-    if concept_embeds is not None and concept_image_index is None:
+    if with_concepts and concept_image_index is None:
         raise ValueError("concept_embeds were given without concept_image_index.")
-    if concept_embeds is not None and config.concept_positives == "shared" and concept_ids is None:
+    if with_concepts and config.concept_positives == "shared" and concept_ids is None:
         raise ValueError("concept_positives='shared' needs concept_ids (or use the model, which derives them).")
-    if concept_embeds is not None and config.xac_weight > 0 and image_tokens is None:
+    if with_concepts and config.xac_weight > 0 and image_tokens is None:
         raise ValueError("xac_weight > 0 needs image_tokens (the projected patch tokens).")
-    world_size, rank = world_size_and_rank() if config.gather_across_processes else (1, 0)
-    device = image_embeds.device
-    num_local_images = image_embeds.shape[0]
-    with_concepts = concept_embeds is not None
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}.")
 
-    with torch.autocast(device_type=device.type, enabled=False):
+    # Float32: low-precision softmax and sigmoid sums lose the small differences the losses are made of.
+    with torch.autocast(device_type=image_embeds.device.type, enabled=False):
         image_embeds, text_embeds = image_embeds.float(), text_embeds.float()
-        concept_embeds = concept_embeds.float() if with_concepts else image_embeds[:0]
         logit_scale = logit_scale.float()
-        bias = logit_bias.float() if logit_bias is not None else 0.0
-        num_local_concepts = concept_embeds.shape[0]
+        logit_bias = logit_bias.float() if logit_bias is not None else 0.0
+        batch = _gather_batch(
+            image_embeds,
+            text_embeds,
+            concept_embeds.float() if with_concepts else image_embeds[:0],
+            concept_image_index if with_concepts else None,
+            concept_ids if with_concepts and config.concept_positives == "shared" else None,
+            world_size,
+            rank,
+        )
+        losses = {"caption_loss": _caption_loss(batch, image_embeds, text_embeds, logit_scale, logit_bias, loss_form)}
+        if with_concepts:
+            if batch.concepts.shape[0] == 0:
+                raise ValueError("The concept batch is empty on every process: there are no concepts to align.")
+            terms = _concept_terms(batch, image_embeds, image_tokens, logit_scale, logit_bias, loss_form, config)
+            losses.update({f"{name}_loss": value for name, value in terms.items()})
 
-        counts = torch.tensor([[num_local_images, num_local_concepts]], device=device)
-        counts = all_gather_rows(counts, [1] * world_size, with_grad=False).tolist()
-        image_counts, concept_counts = [c[0] for c in counts], [c[1] for c in counts]
-        image_offset, concept_offset = sum(image_counts[:rank]), sum(concept_counts[:rank])
-        num_images, num_concepts = sum(image_counts), sum(concept_counts)
+    loss = losses["caption_loss"]
+    if "npc_loss" in losses:
+        loss = loss + config.npc_weight * losses["npc_loss"]
+    if "xac_loss" in losses:
+        loss = loss + config.xac_weight * losses["xac_loss"]
+    losses["loss"] = loss
+    # The shares of all processes sum to the global loss; DDP averages gradients, so each process returns
+    # world_size times its share.
+    return C2LIPLosses(**{name: value * world_size if world_size > 1 else value for name, value in losses.items()})
 
-        # One differentiable gather of [texts; images; concepts] per process: a single collective whose backward
-        # every process runs at the same point.
-        packed = torch.cat([text_embeds, image_embeds, concept_embeds])
-        pieces = all_gather_rows(packed, [2 * m + n for m, n in counts], with_grad=True)
-        pieces = pieces.split([2 * m + n for m, n in counts])
-        all_texts = torch.cat([piece[:m] for piece, (m, _) in zip(pieces, counts)])
-        all_images = torch.cat([piece[m : 2 * m] for piece, (m, _) in zip(pieces, counts)])
-        all_concepts = torch.cat([piece[2 * m :] for piece, (m, _) in zip(pieces, counts)])
-        local_images = torch.arange(num_local_images, device=device) + image_offset
 
-        if loss_form == "sigmoid":
-            positives = torch.arange(num_images, device=device)[:, None] == local_images[None, :]
-            caption_loss = sigmoid_loss_sum(logit_scale * all_texts @ image_embeds.T + bias, positives) / num_images
-        else:
-            image_to_text = F.cross_entropy(logit_scale * image_embeds @ all_texts.T, local_images, reduction="sum")
-            text_to_image = F.cross_entropy(logit_scale * text_embeds @ all_images.T, local_images, reduction="sum")
-            caption_loss = (image_to_text + text_to_image) / (2 * num_images)
-        if not with_concepts:
-            return C2LIPLosses(loss=caption_loss, caption_loss=caption_loss)
-        if num_concepts == 0:
-            raise ValueError("The concept batch is empty on every process: there are no concepts to align.")
-
-        all_index = all_gather_rows(concept_image_index.long() + image_offset, concept_counts, with_grad=False)
-        all_ids = None
-        if config.concept_positives == "shared":
-            all_ids = all_gather_rows(concept_ids.long(), concept_counts, with_grad=False)
-        positives = concept_positive_mask(all_index, num_images, all_ids, config.concept_positives)
-
-        # (num_concepts, num_local_images) scores of all concepts against this process's images, per term.
-        scores = {}
-        if config.npc_weight > 0:
-            scores["npc"] = all_concepts @ image_embeds.T
-        if config.xac_weight > 0:
-            scores["xac"] = concept_attention_scores(all_concepts, image_tokens, config.tau, config.pooling_memory_mb)
-        terms = {}
-        if scores and loss_form == "sigmoid":
-            local_positives = positives[:, image_offset : image_offset + num_local_images]
-            for name, block in scores.items():
-                terms[name] = sigmoid_loss_sum(logit_scale * block + bias, local_positives) / num_concepts
-        elif scores:
-            concept_rows = slice(concept_offset, concept_offset + num_local_concepts)
-            shares = _softmax_concept_shares(
-                logit_scale * torch.stack(list(scores.values())), positives, image_counts, image_offset, concept_rows
-            )
-            terms = dict(zip(scores, shares.unbind()))
-
-    loss = caption_loss
-    if "npc" in terms:
-        loss = loss + config.npc_weight * terms["npc"]
-    if "xac" in terms:
-        loss = loss + config.xac_weight * terms["xac"]
-    return C2LIPLosses(loss=loss, caption_loss=caption_loss, npc_loss=terms.get("npc"), xac_loss=terms.get("xac"))
+__all__ = [
+    "C2LIPLosses",
+    "ConceptLossConfig",
+    "c2lip_losses",
+    "concept_ids_from_tokens",
+    "concept_positive_mask",
+    "sigmoid_loss_sum",
+    "soft_target_cross_entropy",
+]

@@ -112,3 +112,6 @@ def concept_attention_weights(
     """
     similarity = torch.einsum("nd,mtd->nmt", concept_embeds.float(), image_tokens.float())
     return torch.softmax(tau * similarity, dim=-1)
+
+
+__all__ = ["concept_attention_scores", "concept_attention_weights", "concept_chunk_size"]

@@ -3,7 +3,10 @@
 Each process holds part of a global batch (uneven image counts; rank 1's images have no concepts at all). The
 DDP-wrapped concept model must give, per process, a loss whose mean over processes equals the single-process
 loss on the concatenated batch, and DDP-averaged gradients equal to the single-process gradients. Also checks the
-pure-function contract: the shares of `c2lip_losses` sum to the single-process loss.
+pure-function contract (the losses of `c2lip_losses` with `world_size`/`rank` average to the single-process loss),
+and that the C2LIP step with the collator's extras makes no host sync beyond those of the plain step (the sizes
+exchanged through the CPU group are host reads by design, counted apart). Then the same with global concept
+deduplication, on a batch whose processes share concepts.
 """
 
 import json
@@ -13,6 +16,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from modeling_concept_clip import ConceptCLIPModel, ConceptLossConfig, ConceptSiglipModel, c2lip_losses
+from modeling_concept_clip.collator import token_keys, unique_rows
+from modeling_concept_clip.distributed import all_gather_host_lists, all_gather_sizes, plan_distinct_encoding
+from modeling_concept_clip.host_syncs import HostSyncCounter
 from modeling_concept_clip.testing_utils import build_tiny_model_and_processor
 
 CAPTIONS = [
@@ -26,22 +32,28 @@ CAPTIONS = [
 # (concept, image); images 4 and 5 (rank 1) have none. "a cat" appears for images 1 and 3.
 CONCEPTS = [("a big red circle", 0), ("a blue square", 0), ("a cat", 1), ("a dog", 1), ("the man", 2),
             ("a yellow star", 3), ("a cat", 3)]  # fmt: skip
+# For global deduplication: "a cat" and "a dog" on both ranks.
+CONCEPTS_ACROSS = [("a big red circle", 0), ("a cat", 1), ("a dog", 1), ("the man", 2), ("a cat", 3), ("a cat", 4),
+                   ("a green tree", 4), ("a dog", 5), ("a white car", 5)]  # fmt: skip
 SPLIT = [(0, 4), (4, 6)]  # images of rank 0 and rank 1
 TOLERANCE = dict(atol=2e-5, rtol=1e-4)
 
 
-def make_batch(processor, model_type, images, pixel_values):
+def make_batch(processor, model_type, images, pixel_values, collator_extras=False, all_concepts=CONCEPTS):
     padding = "max_length" if model_type == "siglip" else True
     start, stop = images
+    if start == stop:  # a process whose rows were all bad: the tensors of a batch, with zero rows (no host lists)
+        batch = make_batch(processor, model_type, (0, 1), pixel_values, collator_extras, all_concepts)
+        return {key: value[:0] for key, value in batch.items() if isinstance(value, torch.Tensor)}
     captions = processor.tokenizer(CAPTIONS[start:stop], padding=padding, return_tensors="pt")
-    concepts = [(text, image - start) for text, image in CONCEPTS if start <= image < stop]
+    concepts = [(text, image - start) for text, image in all_concepts if start <= image < stop]
     if concepts:
         tokens = processor.tokenizer([t for t, _ in concepts], padding=padding, return_tensors="pt")
         concept_ids, concept_mask = tokens.input_ids, tokens.attention_mask
     else:
         concept_ids = torch.zeros(0, 4, dtype=torch.long)
         concept_mask = torch.zeros(0, 4, dtype=torch.long)
-    return dict(
+    batch = dict(
         input_ids=captions.input_ids,
         attention_mask=captions.attention_mask,
         pixel_values=pixel_values[start:stop],
@@ -49,19 +61,26 @@ def make_batch(processor, model_type, images, pixel_values):
         concept_attention_mask=concept_mask,
         concept_image_index=torch.tensor([i for _, i in concepts], dtype=torch.long),
     )
+    if collator_extras:  # what ConceptCollator adds
+        batch["concept_unique_index"], batch["concept_unique_inverse"] = unique_rows(concept_ids, concept_mask)
+        index = batch["concept_unique_index"]
+        batch["concept_unique_keys"] = token_keys(concept_ids[index], concept_mask[index])
+        batch["concept_ids"] = torch.tensor([hash_free_id(t) for t, _ in concepts], dtype=torch.long)
+    return batch
 
 
-def check(model_type, positives, rank, world_size):
+def ddp_against_single_process(
+    model_type, plain, processor, pixel_values, config, all_concepts, rank, world_size, split=SPLIT
+):
+    """One DDP step of two processes against one process on the concatenated batch: losses, gradients, syncs."""
     concept_cls = ConceptCLIPModel if model_type == "clip" else ConceptSiglipModel
-    plain, processor = build_tiny_model_and_processor(model_type, seed=0)
-    pixel_values = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    config = dict(npc_weight=1.0, xac_weight=0.5, tau=2.0, concept_positives=positives)
-
     # Single process on the concatenated batch (the process group is ignored).
-    reference = concept_cls(plain.config, ConceptLossConfig(**config, gather_across_processes=False))
+    single = {**config, "gather_across_processes": False, "global_concept_dedup": False}
+    reference = concept_cls(plain.config, ConceptLossConfig(**single))
     reference.load_state_dict(plain.state_dict())
     reference.train()
-    ref_out = reference(**make_batch(processor, model_type, (0, 6), pixel_values), return_loss=True)
+    full = make_batch(processor, model_type, (split[0][0], split[-1][1]), pixel_values, all_concepts=all_concepts)
+    ref_out = reference(**full, return_loss=True)
     ref_out.loss.backward()
     ref_grads = {name: p.grad.clone() for name, p in reference.named_parameters()}
 
@@ -70,9 +89,10 @@ def check(model_type, positives, rank, world_size):
     model.load_state_dict(plain.state_dict())
     model.train()
     ddp = DistributedDataParallel(model)
-    local = make_batch(processor, model_type, SPLIT[rank], pixel_values)
-    out = ddp(**local, return_loss=True)
-    out.loss.backward()
+    local = make_batch(processor, model_type, split[rank], pixel_values, True, all_concepts)
+    with HostSyncCounter(host_only=[all_gather_sizes, all_gather_host_lists]) as syncs:
+        out = ddp(**local, return_loss=True)
+        out.loss.backward()
 
     results = {}
     for name in ("loss", "caption_loss", "npc_loss", "xac_loss"):
@@ -85,6 +105,28 @@ def check(model_type, positives, rank, world_size):
         torch.testing.assert_close(p.grad, ref_grads[name], **TOLERANCE, msg=lambda m, n=name: f"{n}: {m}")
         worst = max(worst, float((p.grad - ref_grads[name]).abs().max()))
     results["max_grad_diff"] = worst
+    return results, model, ddp, local, ref_out, syncs
+
+
+def check(model_type, positives, rank, world_size):
+    plain, processor = build_tiny_model_and_processor(model_type, seed=0)
+    pixel_values = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    config = dict(npc_weight=1.0, xac_weight=0.5, tau=2.0, concept_positives=positives)
+    results, model, ddp, local, ref_out, syncs = ddp_against_single_process(
+        model_type, plain, processor, pixel_values, config, CONCEPTS, rank, world_size
+    )
+
+    # Host syncs of the same DDP model's plain step (captions only, local loss: the base class's forward).
+    model.concept_config = ConceptLossConfig(**config, gather_across_processes=False)
+    captions_only = {k: local[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    with HostSyncCounter() as plain_syncs:
+        ddp(**captions_only, return_loss=True).loss.backward()
+    model.concept_config = ConceptLossConfig(**config)
+    model.zero_grad()
+    added = syncs.counts - plain_syncs.counts
+    assert not added, f"the C2LIP step adds host syncs to the plain step: {dict(added)}"
+    assert dict(syncs.host_only_counts) == {"tolist": world_size}, dict(syncs.host_only_counts)
+    results["host_syncs"] = {"plain": dict(plain_syncs.counts), "c2lip": dict(syncs.counts)}
 
     # Pure function: shares of this process sum to the single-process loss, gradients of the inputs included.
     with torch.no_grad():
@@ -95,7 +137,7 @@ def check(model_type, positives, rank, world_size):
         "concept_embeds": out_local.concept_embeds.clone().requires_grad_(),
         "image_tokens": out_local.image_token_embeds.clone().requires_grad_(),
     }
-    share = c2lip_losses(
+    local_loss = c2lip_losses(
         **embeds,
         logit_scale=model.logit_scale.exp().detach(),
         logit_bias=getattr(model, "logit_bias", None),
@@ -103,17 +145,41 @@ def check(model_type, positives, rank, world_size):
         concept_image_index=local["concept_image_index"],
         concept_ids=torch.tensor([hash_free_id(t) for t, i in CONCEPTS if SPLIT[rank][0] <= i < SPLIT[rank][1]]),
         config=ConceptLossConfig(**config),
+        world_size=world_size,
+        rank=rank,
     ).loss
-    share.backward()
-    total = share.detach().clone()
+    local_loss.backward()
+    total = local_loss.detach().clone()
     dist.all_reduce(total)
+    total /= world_size  # each process returns world_size times its share
     torch.testing.assert_close(total, ref_out.loss.detach(), **TOLERANCE)
     results["sum_of_shares"] = [float(total), float(ref_out.loss)]
+
+    # Global deduplication: each distinct concept of the two processes is encoded once, on one of them.
+    dedup, *_, dedup_syncs = ddp_against_single_process(
+        model_type, plain, processor, pixel_values, {**config, "global_concept_dedup": True}, CONCEPTS_ACROSS,
+        rank, world_size,
+    )  # fmt: skip
+    assert not dedup_syncs.counts - plain_syncs.counts, dict(dedup_syncs.counts)
+    assert dict(dedup_syncs.host_only_counts) == {"tolist": 3 * world_size}, dict(dedup_syncs.host_only_counts)
+    # 8 distinct concepts per process in all, 6 in the global batch ("a cat" and "a dog" once), though the two
+    # processes pad their concept tokens to different lengths.
+    keys = make_batch(processor, model_type, SPLIT[rank], pixel_values, True, CONCEPTS_ACROSS)["concept_unique_keys"]
+    plan = plan_distinct_encoding(all_gather_host_lists(keys, world_size), rank)
+    assert plan.counts == [3, 3], plan
+    results["global_dedup"] = {**dedup, "encoded_per_process": plan.counts}
+
+    # A process whose rows were all bad takes part with a batch of zero rows (images, captions and concepts).
+    empty, *_ = ddp_against_single_process(
+        model_type, plain, processor, pixel_values, {**config, "global_concept_dedup": True}, CONCEPTS_ACROSS,
+        rank, world_size, split=[(0, 4), (4, 4)],
+    )  # fmt: skip
+    results["process_without_rows"] = empty
     return results
 
 
 def hash_free_id(text):
-    return sorted({t for t, _ in CONCEPTS}).index(text)
+    return sorted({t for t, _ in CONCEPTS + CONCEPTS_ACROSS}).index(text)
 
 
 def main():

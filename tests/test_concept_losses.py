@@ -148,3 +148,109 @@ def test_concept_ids_from_tokens_ignores_padding_and_separates_texts():
     assert out.dtype == torch.long
     assert out[0] == out[1] == short[0]  # same text, other padding length
     assert len({int(x) for x in out[[0, 2, 3]]}) == 3  # another word; a leading id 0
+
+
+def test_dense_identity_groups_like_unique():
+    from modeling_concept_clip.losses import _dense_identity
+
+    ids = torch.tensor([7, 2**62, 7, -3, 2**62, 5, 7])
+    labels = _dense_identity(ids)
+    _, inverse = torch.unique(ids, return_inverse=True)
+    assert ((labels[:, None] == labels[None, :]) == (inverse[:, None] == inverse[None, :])).all()
+    assert 0 <= labels.min() and labels.max() < len(ids)
+    assert _dense_identity(torch.zeros(0, dtype=torch.long)).shape == (0,)
+
+
+@pytest.mark.parametrize("form", ["sigmoid", "softmax"])
+def test_logit_scale_and_bias_of_shape_one(form):
+    """FSDP2 needs CLIP's 0-dim logit_scale as shape (1,) (SigLIP's logit_bias has it already)."""
+    batch = random_batch(seed=3)
+    common = dict(
+        image_embeds=batch["image"], text_embeds=batch["text"], loss_form=form, concept_embeds=batch["concepts"],
+        image_tokens=batch["tokens"], concept_image_index=batch["index"], concept_ids=batch["ids"],
+    )  # fmt: skip
+    bias = torch.tensor(-2.0) if form == "sigmoid" else None
+    scalar = c2lip_losses(logit_scale=torch.tensor(7.0), logit_bias=bias, **common)
+    ones = c2lip_losses(
+        logit_scale=torch.tensor([7.0]), logit_bias=None if bias is None else bias.reshape(1), **common
+    )
+    for name in ("loss", "caption_loss", "npc_loss", "xac_loss"):
+        assert getattr(ones, name).shape == ()
+        torch.testing.assert_close(getattr(ones, name), getattr(scalar, name), rtol=0, atol=0)
+
+
+def test_rank_outside_the_world_raises():
+    batch = random_batch()
+    with pytest.raises(ValueError, match=r"rank must be in \[0, world_size\)"):
+        c2lip_losses(batch["image"], batch["text"], torch.tensor(1.0), None, "softmax", world_size=2, rank=2)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(tau=0.0), "tau must be a finite number > 0"),
+        (dict(tau=-1.0), "tau must be a finite number > 0"),
+        (dict(tau=float("nan")), "tau must be a finite number > 0"),
+        (dict(tau=float("inf")), "tau must be a finite number > 0"),
+        (dict(npc_weight=-0.5), "npc_weight must be a finite number >= 0"),
+        (dict(xac_weight=float("nan")), "xac_weight must be a finite number >= 0"),
+        (dict(xac_weight=float("inf")), "xac_weight must be a finite number >= 0"),
+        (dict(pooling_memory_mb=0.0), "pooling_memory_mb must be > 0"),
+        (dict(pooling_memory_mb=-64.0), "pooling_memory_mb must be > 0"),
+        (dict(pooling_memory_mb=float("nan")), "pooling_memory_mb must be > 0"),
+        (dict(concept_positives="all"), "concept_positives must be 'owner' or 'shared'"),
+    ],
+)
+def test_config_rejects_bad_settings_with_clear_messages(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ConceptLossConfig(**settings)
+
+
+def test_config_accepts_edge_settings():
+    assert ConceptLossConfig(npc_weight=0.0, xac_weight=0.0).xac_weight == 0.0
+    assert ConceptLossConfig(pooling_memory_mb=None).pooling_memory_mb is None
+    assert ConceptLossConfig(pooling_memory_mb=float("inf")).pooling_memory_mb is None  # "inf" on a command line
+
+
+def test_config_is_a_command_line_of_its_own():
+    """Every field has help; HfArgumentParser parses the dataclass directly (validation included)."""
+    from dataclasses import fields
+
+    from transformers import HfArgumentParser
+
+    assert all(f.metadata.get("help") for f in fields(ConceptLossConfig))
+    parser = HfArgumentParser(ConceptLossConfig)
+    (config,) = parser.parse_args_into_dataclasses(
+        [
+            "--tau",
+            "2",
+            "--concept_positives",
+            "owner",
+            "--pooling_memory_mb",
+            "inf",
+            "--concept_gradient_checkpointing",
+        ]
+    )
+    assert config == ConceptLossConfig(
+        tau=2.0, concept_positives="owner", pooling_memory_mb=None, concept_gradient_checkpointing=True
+    )
+    assert parser.parse_args_into_dataclasses([])[0] == ConceptLossConfig()
+    with pytest.raises(ValueError, match="tau must be"):
+        parser.parse_args_into_dataclasses(["--tau", "0"])
+    with pytest.raises(SystemExit):  # argparse's own error for a value outside the choices
+        parser.parse_args_into_dataclasses(["--concept_positives", "all"])
+
+
+def test_one_chunk_is_not_recomputed(monkeypatch):
+    """Chunks are recomputed in the backward pass only when there is more than one."""
+    import modeling_concept_clip.pooling as pooling
+
+    batch = random_batch(num_tokens=50, dim=32)
+    monkeypatch.setattr(pooling, "checkpoint", lambda *args, **kwargs: pytest.fail("recomputed"))
+    for budget in (None, 512.0):
+        concept_attention_scores(batch["concepts"], batch["tokens"], memory_budget_mb=budget).sum().backward()
+    monkeypatch.undo()
+    calls = []
+    monkeypatch.setattr(pooling, "checkpoint", lambda *args, **kwargs: calls.append(1) or args[0](*args[1:]))
+    concept_attention_scores(batch["concepts"], batch["tokens"], memory_budget_mb=0.006)
+    assert len(calls) == 8  # one chunk per concept

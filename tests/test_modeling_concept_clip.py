@@ -213,3 +213,168 @@ def test_bad_concept_batches_raise_value_error(tiny, change, message):
     model, _ = load(tiny)
     with pytest.raises(ValueError, match=message):
         model(**batch, **{**concept_batch, **change}, return_loss=True)
+
+
+def collator_extras(concept_batch):
+    """What ConceptCollator adds to the concept tensors: the distinct token rows and the concept identities."""
+    from modeling_concept_clip.collator import unique_rows
+    from modeling_concept_clip.concepts import concept_id
+
+    index, inverse = unique_rows(concept_batch["concept_input_ids"], concept_batch["concept_attention_mask"])
+    return dict(
+        concept_unique_index=index,
+        concept_unique_inverse=inverse,
+        concept_ids=torch.tensor([concept_id(text) for text in CONCEPTS]),
+    )
+
+
+def test_unique_rows_in_order_of_first_occurrence():
+    from modeling_concept_clip.collator import unique_rows
+
+    ids = torch.tensor([[1, 2, 0], [3, 4, 5], [1, 2, 0], [1, 2, 7]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    index, inverse = unique_rows(ids, mask)
+    assert index.tolist() == [0, 1, 3] and inverse.tolist() == [0, 1, 0, 2]
+    assert torch.equal(ids[index][inverse], ids)
+    empty_index, empty_inverse = unique_rows(torch.zeros(0, 3, dtype=torch.long))
+    assert empty_index.shape == empty_inverse.shape == (0,)
+
+
+@pytest.mark.parametrize("positives", ["owner", "shared"])
+def test_collator_extras_give_the_same_losses_and_gradients(tiny, positives):
+    """The collator's distinct rows and identities replace torch.unique and the token hash: same numbers."""
+    _, _, batch, concept_batch = tiny
+    model, _ = load(tiny, concept_config=ConceptLossConfig(xac_weight=0.5, concept_positives=positives))
+    computed = model(**batch, **concept_batch, return_loss=True)
+    computed_grads = torch.autograd.grad(computed.loss, list(model.parameters()))
+    given = model(**batch, **concept_batch, **collator_extras(concept_batch), return_loss=True)
+    given_grads = torch.autograd.grad(given.loss, list(model.parameters()))
+    for name in ("loss", "caption_loss", "npc_loss", "xac_loss", "concept_embeds"):
+        torch.testing.assert_close(given[name], computed[name], rtol=0, atol=1e-6)
+    for a, b in zip(given_grads, computed_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_collator_hands_over_the_distinct_rows(tiny):
+    from modeling_concept_clip import ConceptCollator
+
+    model_type, folder, _, _ = tiny
+    from transformers import AutoProcessor
+
+    rows = [
+        {"image": Image.new("RGB", (32, 32), "red"), "caption": c, "concepts": CONCEPTS[2 * i : 2 * i + 2]}
+        for i, c in enumerate(CAPTIONS)
+    ]
+    batch = ConceptCollator(AutoProcessor.from_pretrained(folder), pad_to_max_length=model_type == "siglip")(rows)
+    flat = [c for row in rows for c in row["concepts"]]  # "a cat" twice
+    assert batch["concept_input_ids"].shape[0] == len(flat) == 7
+    assert batch["concept_unique_index"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert batch["concept_unique_inverse"].tolist() == [0, 1, 2, 3, 4, 5, 2]
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_text_masks_built_by_the_model_equal_transformers(tiny, implementation):
+    """The 4-D masks that spare transformers' mask check (a host sync) give the text tower's own embeddings."""
+    _, _, batch, concept_batch = tiny
+    model, plain = load(tiny, attn_implementation=implementation)
+    plain.set_attn_implementation(implementation)
+    with torch.no_grad():
+        for ids, mask in ((batch["input_ids"], batch["attention_mask"]),
+                          (concept_batch["concept_input_ids"], concept_batch["concept_attention_mask"])):  # fmt: skip
+            assert not mask.all(), "the batch must have padding"
+            expected = plain.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+            torch.testing.assert_close(model._text_embeds(ids, mask)[1], expected, rtol=0, atol=2e-6)
+
+
+def test_no_patch_tokens_without_xac(tiny, monkeypatch):
+    _, _, batch, concept_batch = tiny
+    model, _ = load(tiny, concept_config=ConceptLossConfig(xac_weight=0.0))
+    monkeypatch.setattr(type(model), "_patch_tokens", lambda *args: pytest.fail("patch tokens computed"))
+    out = model(**batch, **concept_batch, return_loss=True)
+    assert out.image_token_embeds is None and out.xac_loss is None
+    torch.testing.assert_close(out.loss, out.caption_loss + out.npc_loss, rtol=0, atol=0)
+
+
+def saved_tensor_bytes(function, *args, **kwargs):
+    """`(bytes of the tensors that autograd keeps for the backward pass while function runs, its result)`."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = function(*args, **kwargs)
+    return total, result
+
+
+def test_concept_gradient_checkpointing_is_exact_and_keeps_less(tiny):
+    _, _, batch, concept_batch = tiny
+    inputs = dict(**batch, **concept_batch, **collator_extras(concept_batch), return_loss=True)
+    results = {}
+    for checkpointing in (False, True):
+        model, _ = load(tiny, concept_config=ConceptLossConfig(concept_gradient_checkpointing=checkpointing))
+        model.train()
+        saved, out = saved_tensor_bytes(model, **inputs)
+        out.loss.backward()
+        results[checkpointing] = saved, out.loss.detach(), [p.grad for p in model.parameters()]
+    (saved_off, loss_off, grads_off), (saved_on, loss_on, grads_on) = results[False], results[True]
+    torch.testing.assert_close(loss_on, loss_off, rtol=0, atol=0)
+    for a, b in zip(grads_on, grads_off):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert saved_on < saved_off
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(concept_unique_inverse=None), "together"),
+        (dict(concept_unique_index=torch.arange(8)), "concept_unique_index has 8 entries"),
+        (dict(concept_unique_inverse=torch.zeros(3, dtype=torch.long)), "concept_unique_inverse has 3 entries"),
+        (dict(concept_unique_index=torch.zeros(2, 2, dtype=torch.long)), "concept_unique_index must be a 1-D"),
+        (dict(concept_unique_keys=[1, 2]), "concept_unique_keys has 2 keys"),
+    ],
+)
+def test_bad_collator_extras_raise_value_error(tiny, change, message):
+    _, _, batch, concept_batch = tiny
+    model, _ = load(tiny)
+    extras = {**collator_extras(concept_batch), **change}
+    with pytest.raises(ValueError, match=message):
+        model(**batch, **concept_batch, **extras, return_loss=True)
+
+
+@pytest.mark.parametrize("model_class", [ConceptCLIPModel, ConceptSiglipModel])
+def test_docstring_example_runs(model_class, tmp_path, monkeypatch):
+    """Each class's example runs as written (offline, a tiny model) and its printed values are right."""
+    import contextlib
+    import io
+    import re
+
+    block = re.search(r"```python\n(.*?)```", model_class.__doc__, re.S).group(1)
+    source, expected = [], []
+    for line in block.splitlines():
+        line = line.strip()
+        if line.startswith((">>> ", "... ")):
+            source.append(line[4:])
+        elif line and not line.startswith(">>>"):
+            expected.append(line)
+    monkeypatch.chdir(tmp_path)
+    output = io.StringIO()
+    namespace = {}
+    with contextlib.redirect_stdout(output):
+        for statement in _statements(source):  # "single": echoes expression values, as the prompt does
+            exec(compile(statement, "<example>", "single"), namespace)
+    assert output.getvalue().split("\n")[:-1] == expected
+    assert (tmp_path / ("c2lip-clip" if model_class is ConceptCLIPModel else "c2lip-siglip") / "config.json").exists()
+
+
+def _statements(lines):
+    """Group `>>>`/`...` lines into statements (a statement continues while its brackets are open)."""
+    chunk, depth = [], 0
+    for line in lines:
+        chunk.append(line)
+        depth += sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
+        if depth == 0:
+            yield "\n".join(chunk)
+            chunk = []
