@@ -192,7 +192,9 @@ def test_missing_columns_and_sources_give_clear_errors(checkpoints, tmp_path):
         (["--max_bad_fraction", "1.5"], "--max_bad_fraction must be in [0, 1]"),
         (["--lr_scheduler_type", "cosin"], "--lr_scheduler_type must be one of"),
         (["--ddp_timeout", "0"], "--ddp_timeout must be >= 1"),
-        (["--xac_weight", "-1"], "weights must be >= 0"),  # ConceptLossConfig's own check
+        (["--xac_weight", "-1"], "xac_weight must be a finite number >= 0"),  # ConceptLossConfig's own checks
+        (["--tau", "0"], "tau must be a finite number > 0"),
+        (["--tau", "-5"], "tau must be a finite number > 0"),
         (["--streaming", "true"], "--streaming needs --max_train_steps"),
         (["--tau", "abc"], "invalid float value: 'abc'"),
     ],
