@@ -115,11 +115,13 @@ class _Parsed(Exception):
 
 @contextlib.contextmanager
 def parsing_only(parsers: list[argparse.ArgumentParser]) -> Iterator[None]:
-    """Make every `ArgumentParser` stop the program once its arguments are parsed (and fail on unknown ones)."""
+    """Make every `ArgumentParser` stop the program once its arguments are parsed (and fail on unknown or
+    abbreviated ones)."""
     original = argparse.ArgumentParser.parse_known_args
 
     def parse_known_args(self, *args, **kwargs):
         parsers.append(self)
+        self.allow_abbrev = False  # the documentation spells flags out: `--max_train_step` is a typo there
         namespace, extras = original(self, *args, **kwargs)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
