@@ -55,14 +55,10 @@ class ModelCardOptions:
                   "is a Hub id rather than a local folder)."},
     )  # fmt: skip
     datasets: list[str] | None = field(
-        default=None,
-        metadata={"help": "Hub ids of the training data (default: --dataset_name of training_args.json)."},
+        default=None, metadata={"help": "Hub ids of the training data (default: dataset_name of training_args.json)."}
     )
     license: str | None = field(
-        default=None,
-        metadata={
-            "help": "License of the weights (default: the base model family's license when known, else 'other')."
-        },
+        default=None, metadata={"help": "License of the weights (default: the base model family's, else 'other')."}
     )
     tags: list[str] = field(default_factory=list, metadata={"help": "Extra tags, added to the card's own."})
     model_name: str | None = field(
