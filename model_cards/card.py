@@ -19,7 +19,7 @@ import logging
 import math
 import re
 from collections import ChainMap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,38 +77,40 @@ class ModelCardOptions:
 
 @dataclass
 class TrainingRecord:
-    """How a checkpoint was trained, as its card tells it. Only [`read_training_record`] knows the keys of
-    `training_args.json`; the card reads these fields.
+    """How a checkpoint was trained, as its card tells it. Only [`read_training_record`] reads `training_args.json`;
+    the card reads these fields.
+
+    A field named like a flag of `training/train.py` holds that flag's value, from whichever argument group records
+    it; the fields of `RUN_KEYS` are the run's own entries (what it did rather than what it was asked). A key the
+    file lacks, or records as null, keeps the field's default.
 
     Attributes:
         arguments: the argument groups of the run (`"model"`, `"data"`, `"concept"`, `"training"`), as recorded.
-        base_source: `--model_name_or_path` (a Hub id or a local folder), `None` when trained from scratch.
+        model_name_or_path: the base model (a Hub id or a local folder), `None` when trained from scratch.
         concept_extraction: the `ConceptExtractorConfig` of the extraction the run did itself, if any.
-        frozen_towers: `"vision"` and/or `"text"` when frozen.
     """
 
     arguments: dict[str, dict[str, Any]]
-    base_source: str | None = None
+    model_name_or_path: str | None = None
     config_name: str | None = None
+    freeze_vision_tower: bool = False
+    freeze_text_tower: bool = False
     dataset_name: str | None = None
     dataset_config_name: str | None = None
     train_file: str | None = None
     train_dir: str | None = None
     max_train_samples: int | None = None
     streaming: bool = False
+    concepts_column: str = "concepts"
+    max_concepts_per_image: int | None = None
     concept_loss: bool = True
     npc_weight: float | None = None
     xac_weight: float | None = None
     tau: float | None = None
     concept_positives: str | None = None
-    concepts_column: str = "concepts"
-    max_concepts_per_image: int | None = None
-    frozen_towers: list[str] = field(default_factory=list)
-    completed_steps: int | None = None
     max_train_steps: int | None = None
     per_device_train_batch_size: int | None = None
     gradient_accumulation_steps: int = 1
-    num_processes: int = 1
     learning_rate: float | None = None
     adam_beta1: float | None = None
     adam_beta2: float | None = None
@@ -118,13 +120,23 @@ class TrainingRecord:
     num_warmup_steps: int = 0
     mixed_precision: str | None = None
     seed: int | None = None
+    # RUN_KEYS
+    completed_steps: int | None = None
+    num_processes: int = 1
     recipe: str | None = None
     concept_extraction: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
+    def frozen_towers(self) -> list[str]:
+        return [tower for tower in ("vision", "text") if getattr(self, f"freeze_{tower}_tower")]
+
+    @property
     def images_per_step(self) -> int:
         return (self.per_device_train_batch_size or 0) * self.num_processes * self.gradient_accumulation_steps
+
+
+RUN_KEYS = ("completed_steps", "num_processes", "recipe", "concept_extraction", "versions")
 
 
 def read_training_record(folder: str | Path) -> TrainingRecord | None:
@@ -136,43 +148,13 @@ def read_training_record(folder: str | Path) -> TrainingRecord | None:
     if not isinstance(run, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(run).__name__}.")
     groups = {group: run.get(group) or {} for group in ARGUMENT_GROUPS}
-    argument = ChainMap(*groups.values()).get  # an argument by its flag name, whichever group records it
-    return TrainingRecord(
-        arguments=groups,
-        base_source=argument("model_name_or_path"),
-        config_name=argument("config_name"),
-        dataset_name=argument("dataset_name"),
-        dataset_config_name=argument("dataset_config_name"),
-        train_file=argument("train_file"),
-        train_dir=argument("train_dir"),
-        max_train_samples=argument("max_train_samples"),
-        streaming=bool(argument("streaming")),
-        concept_loss=argument("concept_loss", True),
-        npc_weight=argument("npc_weight"),
-        xac_weight=argument("xac_weight"),
-        tau=argument("tau"),
-        concept_positives=argument("concept_positives"),
-        concepts_column=argument("concepts_column", "concepts"),
-        max_concepts_per_image=argument("max_concepts_per_image"),
-        frozen_towers=[tower for tower in ("vision", "text") if argument(f"freeze_{tower}_tower")],
-        completed_steps=run.get("completed_steps"),
-        max_train_steps=argument("max_train_steps"),
-        per_device_train_batch_size=argument("per_device_train_batch_size"),
-        gradient_accumulation_steps=argument("gradient_accumulation_steps") or 1,
-        num_processes=run.get("num_processes", 1),
-        learning_rate=argument("learning_rate"),
-        adam_beta1=argument("adam_beta1"),
-        adam_beta2=argument("adam_beta2"),
-        adam_epsilon=argument("adam_epsilon"),
-        weight_decay=argument("weight_decay"),
-        lr_scheduler_type=argument("lr_scheduler_type"),
-        num_warmup_steps=argument("num_warmup_steps") or 0,
-        mixed_precision=argument("mixed_precision"),
-        seed=argument("seed"),
-        recipe=run.get("recipe"),
-        concept_extraction=run.get("concept_extraction"),
-        versions=run.get("versions") or {},
-    )
+    flags = ChainMap(*groups.values())  # a training flag by its name, whichever group records it
+    values = {}
+    for item in fields(TrainingRecord)[1:]:
+        source = run if item.name in RUN_KEYS else flags
+        if source.get(item.name) is not None:
+            values[item.name] = source[item.name]
+    return TrainingRecord(arguments=groups, **values)
 
 
 def looks_like_hub_id(value: str | None) -> bool:
@@ -273,7 +255,7 @@ def build_model_card(
     if training is None:
         logger.warning("%s has no %s: the card cannot say how the model was trained.", folder, TRAINING_ARGS_FILE)
 
-    base_source = training.base_source if training else None
+    base_source = training.model_name_or_path if training else None
     base_model = options.base_model or (base_source if looks_like_hub_id(base_source) else None)
     dataset_on_hub = training is not None and looks_like_hub_id(training.dataset_name)
     datasets = options.datasets
