@@ -148,7 +148,12 @@ def run_until_parsed(program: list[str], args: list[str]) -> tuple[argparse.Name
     parsers: list[argparse.ArgumentParser] = []
     stderr, old_argv, old_path = io.StringIO(), sys.argv, list(sys.path)
     try:
-        with parsing_only(parsers), contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            parsing_only(parsers),
+            warnings.catch_warnings(),
+            contextlib.redirect_stderr(stderr),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
             warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)  # re-running a module
             if program[0] == "-m":
                 sys.argv = [program[1], *args]
@@ -195,12 +200,12 @@ def check_command(argv: list[str]) -> None:
     elif program in console_scripts():
         run_until_parsed(["entry", console_scripts()[program]], args)
     elif program in PYTHON:
-        script = args[:2] if args[0] == "-m" else args[:1]
-        rest = args[len(script) :]
-        tail = rest[rest.index("--") + 1 :] if "--" in rest and script[0] in PASS_THROUGH else None
-        run_until_parsed(script, rest[: len(rest) - len(tail) - 1] if tail is not None else rest)
-        if tail is not None:
-            check_command(["python", PASS_THROUGH[script[0]], *tail])
+        assert args, "python without a script"
+        script, rest = (args[:2], args[2:]) if args[0] == "-m" else (args[:1], args[1:])
+        if script[0] in PASS_THROUGH and "--" in rest:
+            check_command(["python", PASS_THROUGH[script[0]], *rest[rest.index("--") + 1 :]])
+            rest = rest[: rest.index("--")]
+        run_until_parsed(script, rest)
     else:
         raise AssertionError(f"unknown command {program!r}: teach tests/test_docs.py how to check it")
 
