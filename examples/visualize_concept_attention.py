@@ -9,7 +9,9 @@ For each phrase, its concept embedding attends over the image's patch tokens in 
 and the weights are drawn over the image as the model sees it (resized and cropped by its processor). Each panel's
 colours span that phrase's own minimum to maximum: with tau = 1 (the training value) the weights are close to uniform,
 and the numbers printed per region (left/right/top/bottom halves) say how far from uniform they are.
-Without --image, a drawn scene (a red circle left, a blue square right) is used.
+Without --image, a scene of the demo's shapes world is drawn (a big red stripy circle in the left half, a small blue
+dotted square in the right half) and the phrases are its two objects. The demo's tiny models do not localise: see
+examples/README.md for what they print, and look at a larger model before reading a heat map as a location.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def draw(view: Image.Image, summary: list[dict], output: str, tau: float) -> Non
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="Checkpoint folder or Hub id (CLIP or SigLIP).")
-    parser.add_argument("--image", default=None, help="Image file (default: a drawn red circle and blue square).")
+    parser.add_argument("--image", default=None, help="Image file (default: a drawn scene of the shapes world).")
     parser.add_argument("--phrases", nargs="+", default=SCENE_PHRASES, help="Phrases (concepts) to locate.")
     parser.add_argument("--tau", type=float, default=1.0, help="Attention temperature (training used 1.0).")
     parser.add_argument("--output", default="concept_attention.png", help="PNG to write.")

@@ -1,16 +1,15 @@
-"""Model cards of C2LIP checkpoints: the template and the code that fills it (`modeling_concept_clip.model_cards`)."""
+"""Model cards of C2LIP checkpoints: the template and the code that gathers its data (`modeling_concept_clip.model_cards`)."""
 
 from .card import (
     CARD_FILE,
     RESULTS_FILE,
     TEMPLATE_PATH,
     TRAINING_ARGS_FILE,
+    C2LIPModelCard,
     ModelCardOptions,
+    TrainingRecord,
     build_model_card,
-    eval_results_from_run,
-    evaluation_table,
-    load_results,
-    load_training_args,
+    read_training_record,
     select_run,
     write_model_card,
 )
@@ -20,12 +19,11 @@ __all__ = [
     "RESULTS_FILE",
     "TEMPLATE_PATH",
     "TRAINING_ARGS_FILE",
+    "C2LIPModelCard",
     "ModelCardOptions",
+    "TrainingRecord",
     "build_model_card",
-    "eval_results_from_run",
-    "evaluation_table",
-    "load_results",
-    "load_training_args",
+    "read_training_record",
     "select_run",
     "write_model_card",
 ]

@@ -19,16 +19,16 @@ import logging
 import re
 import shlex
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
 from .model_cards import CARD_FILE, RESULTS_FILE, TRAINING_ARGS_FILE, ModelCardOptions, build_model_card
+from .model_cards.card import PLAIN_ARCHITECTURES
 
 logger = logging.getLogger(__name__)
 
-PLAIN_ARCHITECTURES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PROCESSOR_FILES = (
@@ -324,14 +324,12 @@ def retry_command(
         args.append("--allow_checkpoint_dirs")
     if card_options is not None:
         defaults = ModelCardOptions()
-        for name in ("base_model", "license", "model_name", "results_file", "results_run", "language"):
-            value = getattr(card_options, name)
-            if value != getattr(defaults, name) and value is not None:
-                args += [f"--{name}", str(value)]
-        for name in ("datasets", "tags"):
-            values = getattr(card_options, name)
-            if values:
-                args += [f"--{name}", *values]
+        for option in fields(ModelCardOptions):
+            value = getattr(card_options, option.name)
+            if isinstance(value, list):
+                args += [f"--{option.name}", *value] if value else []
+            elif value is not None and value != getattr(defaults, option.name):
+                args += [f"--{option.name}", str(value)]
     return shlex.join(args)
 
 

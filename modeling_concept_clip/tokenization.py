@@ -1,9 +1,12 @@
-"""A CLIP-format tokenizer for a closed vocabulary (tiny test models and the built-in demo world)."""
+"""A CLIP-format tokenizer for a closed vocabulary: tiny test models, the built-in demo world, and small models
+for your own captions (`concept-clip-init`)."""
 
 from __future__ import annotations
 
+import heapq
+import re
 import string
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from transformers import CLIPTokenizer
@@ -12,28 +15,80 @@ BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 UNK_TOKEN = "<|unk|>"
 ALPHABET = string.ascii_lowercase + string.digits
+# Words of `transformers`' default zero-shot template "This is a photo of {}." (its "." still maps to <|unk|>).
+PIPELINE_TEMPLATE_WORDS = ("this", "is", "a", "photo", "of")
+_LETTERS = re.compile(r"[^\W\d_]+")  # runs of letters: CLIP's pre-tokenizer splits words this way
+
+
+def _pairs(symbols: list[str]) -> list[tuple[str, str]]:
+    return list(zip(symbols, symbols[1:]))
+
+
+def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """`symbols` with every occurrence of `pair` merged, left to right."""
+    merged, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
 
 
 def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
-    """Byte-pair encoding training on `words` until each is one symbol; ties go to the smallest pair (deterministic)."""
+    """Byte-pair encoding training on `words` until each is one symbol; ties go to the smallest pair (deterministic).
+
+    Each step merges the most frequent pair of adjacent symbols over all words. Pair counts are updated only in the
+    words that held the merged pair, and the next pair comes from a heap whose stale entries are skipped, so 20,000
+    words take seconds rather than hours.
+    """
     corpus = [[*word[:-1], word[-1] + "</w>"] for word in words]
+    counts: Counter[tuple[str, str]] = Counter()
+    holders: dict[tuple[str, str], set[int]] = defaultdict(set)  # pair -> the words that contain it
+    for index, symbols in enumerate(corpus):
+        for pair in _pairs(symbols):
+            counts[pair] += 1
+            holders[pair].add(index)
+    heap = [(-count, pair) for pair, count in counts.items()]
+    heapq.heapify(heap)
     merges = []
-    while True:
-        counts = Counter(pair for symbols in corpus for pair in zip(symbols, symbols[1:]))
-        if not counts:
-            return merges
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
+    while heap:
+        negative_count, best = heapq.heappop(heap)
+        if counts.get(best, 0) != -negative_count:
+            continue  # the pair's count changed after this entry was pushed
         merges.append(best)
-        for index, symbols in enumerate(corpus):
-            merged, i = [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    merged.append(symbols[i] + symbols[i + 1])
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            corpus[index] = merged
+        changed = set()
+        for index in holders.pop(best):
+            old, new = corpus[index], _merge(corpus[index], best)
+            corpus[index] = new
+            for pair in _pairs(old):
+                counts[pair] -= 1
+                changed.add(pair)
+            for pair in _pairs(new):
+                counts[pair] += 1
+                holders[pair].add(index)
+                changed.add(pair)
+        for pair in changed:
+            if counts[pair] > 0:
+                heapq.heappush(heap, (-counts[pair], pair))
+            else:
+                del counts[pair]
+    return merges
+
+
+def count_words(texts: Iterable[str]) -> Counter[str]:
+    """How often each word occurs in `texts`, split as CLIP's tokenizer splits them: lowercase runs of letters.
+
+    Digits are left out (CLIP's tokenizer reads them one by one, and every digit is a token of
+    [`build_word_level_clip_tokenizer`]'s vocabulary); so is punctuation. Words with letters outside a-z ("café")
+    are counted too: the caller decides what to do with them (they cannot be single tokens).
+    """
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(_LETTERS.findall(text.lower()))
+    return counts
 
 
 def build_word_level_clip_tokenizer(words: Iterable[str], model_max_length: int = 77) -> CLIPTokenizer:

@@ -11,6 +11,7 @@ from modeling_concept_clip.evaluation import (
     comparison_table,
     load_runs,
     save_runs,
+    table_rows,
 )
 
 
@@ -76,3 +77,53 @@ def test_read_benchmark_file_yaml_and_errors(tmp_path):
     path.write_text("- {kind: retrieval}\n")
     with pytest.raises(EvaluationDataError, match=r"benchmarks\.yaml, entry 0: .*needs `annotation_file`"):
         read_benchmark_file(path)
+
+
+def test_colliding_benchmarks_keep_their_own_model_index_entries_and_non_finite_values_are_left_out():
+    relation, attribution = (make_run("x", 0.5, 0.25).benchmarks[0] for _ in range(2))
+    relation.name, attribution.name = "vg_relation", "vg_attribution"
+    attribution.metrics[1].value = float("nan")
+    run = EvaluationRun(model={"name_or_path": "m"}, settings={}, benchmarks=[relation, attribution])
+    (entry,) = run.model_index()
+    assert [result["dataset"].get("config") for result in entry["results"]] == ["vg_relation", "vg_attribution"]
+    assert [len(result["metrics"]) for result in entry["results"]] == [2, 1]  # the NaN swap is left out
+    (single,) = make_run("c2lip", 0.942, 0.731).model_index()
+    assert "config" not in single["results"][0]["dataset"]
+
+
+def test_table_rows_align_runs_and_describe_the_dataset():
+    other = make_run("control", 0.879, 0.697)
+    other.benchmarks[0].metrics.pop()  # a run without the swap metric
+    rows = table_rows([other, make_run("c2lip", 0.942, 0.731)])
+    assert [(row.benchmark.name, row.metric.key, row.values) for row in rows] == [
+        ("sugarcrepe", "add", [0.879, 0.942]),
+        ("sugarcrepe", "swap", [None, 0.731]),
+    ]
+    assert rows[0].benchmark.dataset_label == "SugarCrepe (test, 7,512 examples)"
+
+
+def test_load_runs_names_the_file_it_cannot_read(tmp_path):
+    path = tmp_path / "results.json"
+    for content, reason in [
+        ('{"schema_version": 2, "runs": []}', "schema version 2 is not supported"),
+        ('{"runs": [{"model": {}}]}', "missing field 'settings'"),
+        ("[1, 2]", "expected a JSON object"),
+        ("{not json", "Expecting property name"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(ValueError, match=f"{path} is not an evaluation results file: .*{reason}"):
+            load_runs(path)
+
+
+def test_reading_results_does_not_import_torch_and_every_public_name_imports():
+    import subprocess
+    import sys
+
+    code = "import sys; from modeling_concept_clip.evaluation import load_runs; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    import modeling_concept_clip.evaluation as evaluation
+
+    assert sorted(evaluation.__all__) == sorted(evaluation._MODULE_OF)
+    for name in evaluation.__all__:
+        assert getattr(evaluation, name) is not None

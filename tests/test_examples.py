@@ -160,3 +160,47 @@ def test_paper_recipe_script_runs_the_recipe_with_accelerate():
                            "training/train.py"]  # fmt: skip
     assert command[5:] == ["--config", "training/configs/siglip_b16_cc3m.yaml",
                            "--model_name_or_path", "google/siglip-base-patch16-256"]  # fmt: skip
+
+
+def test_the_default_scene_asks_only_about_binding():
+    utils = load_example("example_utils")
+    from modeling_concept_clip.shapes_world.captions import object_phrase
+
+    left, right = utils.SCENE.objects
+    assert left.x + left.side <= 24 <= right.x  # one object in each half of the 48-pixel image
+    assert utils.SCENE_PHRASES == [object_phrase(left), object_phrase(right)]
+    true, *swapped = utils.SCENE_CAPTIONS
+    assert true == " and ".join(utils.SCENE_PHRASES)
+    for caption in swapped:  # the same words, one attribute exchanged between the objects: a pure binding question
+        assert caption != true and sorted(caption.split()) == sorted(true.split())
+        changed = [a != b for a, b in zip(caption.split(), true.split())]
+        assert sum(changed) == 2 and caption.split()[-1] == "square" and caption.split()[4] == "circle"
+    assert utils.draw_scene().size == (48, 48)
+
+
+def test_zero_shot_defaults_and_the_checkpoints_own_evaluation(checkpoints, tmp_path, capsys):
+    from modeling_concept_clip.evaluation import (
+        EvaluationRun,
+        MetricValue,
+        SugarCrepeConfig,
+        ZeroShotConfig,
+        save_runs,
+    )
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for path in checkpoints["clip"].iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    probes = SugarCrepeConfig(name="probes", data_dir="x", subsets=None).make_result(
+        [MetricValue("swap_att", 0.862, "accuracy", "swap")], {"total": 983}
+    )
+    shape = ZeroShotConfig(name="zeroshot_shape", image_folder="x").make_result(
+        [MetricValue("top1", 1 / 6, "accuracy", "top-1")], {"total": 300}
+    )
+    save_runs([EvaluationRun({"name_or_path": str(folder)}, {}, [probes, shape])], folder / "results.json")
+    scores = load_example("zero_shot").main(["--model", str(folder)])
+    assert list(scores) == load_example("example_utils").SCENE_CAPTIONS
+    out = capsys.readouterr().out
+    assert f"Measured on this checkpoint ({folder / 'results.json'}):" in out
+    assert " 86.2%  held-out captions vs the same words with an attribute swapped" in out
+    assert " 16.7%  zero-shot shape of single objects (chance 16.7%)" in out

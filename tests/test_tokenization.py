@@ -1,10 +1,13 @@
 """The closed-vocabulary CLIP tokenizer: one token per listed word, EOS with the highest id, CLIP file format."""
 
+import random
+from collections import Counter
+
 import pytest
 from transformers import AutoTokenizer
 
 from modeling_concept_clip.testing_utils import TINY_WORDS
-from modeling_concept_clip.tokenization import build_word_level_clip_tokenizer
+from modeling_concept_clip.tokenization import _learn_merges, build_word_level_clip_tokenizer, count_words
 
 # Words whose letters overlap: hand-written merge chains split "triangle" into "tri an g l e".
 WORDS = list(TINY_WORDS) + "an triangle tri angle orange range heart hear ear art diamond dotted stripy".split()
@@ -35,3 +38,38 @@ def test_the_same_words_always_give_the_same_tokenizer():
 def test_rejects_words_outside_the_alphabet():
     with pytest.raises(ValueError, match="a-z and 0-9"):
         build_word_level_clip_tokenizer(["red", "Blue"])
+
+
+def naive_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair encoding training as written in the textbook: recount every pair of every word at each step."""
+    corpus = [[*word[:-1], word[-1] + "</w>"] for word in words]
+    merges = []
+    while True:
+        counts = Counter(pair for symbols in corpus for pair in zip(symbols, symbols[1:]))
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for index, symbols in enumerate(corpus):
+            merged, i = [], 0
+            while i < len(symbols):
+                if symbols[i : i + 2] == list(best):
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            corpus[index] = merged
+
+
+def test_merges_equal_the_textbook_algorithm():
+    rng = random.Random(0)
+    random_words = {"".join(rng.choices("abcde", k=rng.randint(1, 8))) for _ in range(150)}  # many shared pairs
+    for words in (WORDS, sorted(random_words), ["aaaa", "aaa", "aa", "a", "abab", "baba"]):
+        words = list(dict.fromkeys(words))
+        assert _learn_merges(words) == naive_merges(words)
+
+
+def test_count_words_splits_like_clip():
+    counts = count_words(["A red-haired café owner, 2 dogs", "two RED dogs"])
+    assert counts == Counter({"red": 2, "dogs": 2, "a": 1, "haired": 1, "café": 1, "owner": 1, "two": 1})

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from ..hub import CheckpointValidationError, HubUploadError, push_checkpoint
-from ..model_cards import RESULTS_FILE, ModelCardOptions
+from ..model_cards import ModelCardOptions
 
 logger = logging.getLogger(__name__)
 
@@ -39,48 +39,18 @@ class PushArguments:
     )
 
 
-@dataclass
-class CardArguments:
-    base_model: str | None = field(
-        default=None, metadata={"help": "Hub id of the base model (default: from training_args.json)."}
-    )
-    datasets: list[str] = field(
-        default_factory=list, metadata={"help": "Hub ids of the training data (default: from training_args.json)."}
-    )
-    license: str | None = field(default=None, metadata={"help": "License of the weights (e.g. apache-2.0)."})
-    tags: list[str] = field(default_factory=list, metadata={"help": "Extra tags."})
-    model_name: str | None = field(default=None, metadata={"help": "Card title and model-index name."})
-    results_file: str = field(default=RESULTS_FILE, metadata={"help": "Evaluation results JSON in the folder."})
-    results_run: str | None = field(
-        default=None, metadata={"help": "Run of a multi-model results file that is this checkpoint (label/path)."}
-    )
-    language: str | None = field(default="en", metadata={"help": "Language of the training captions."})
-
-    def to_options(self) -> ModelCardOptions:
-        return ModelCardOptions(
-            base_model=self.base_model,
-            datasets=self.datasets or None,
-            license=self.license,
-            tags=list(self.tags),
-            model_name=self.model_name,
-            results_file=self.results_file,
-            results_run=self.results_run,
-            language=self.language,
-        )
-
-
-def parse_arguments(argv: list[str] | None = None) -> tuple[str, PushArguments, CardArguments]:
+def parse_arguments(argv: list[str] | None = None) -> tuple[str, PushArguments, ModelCardOptions]:
     parser = HfArgumentParser(
-        (PushArguments, CardArguments), prog="concept-clip-push", description=__doc__.split("\n\n")[0]
+        (PushArguments, ModelCardOptions), prog="concept-clip-push", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="Checkpoint folder written by training/train.py.")
-    push_args, card_args, rest = parser.parse_args_into_dataclasses(args=argv)
-    return rest.output_dir, push_args, card_args
+    push_args, card_options, rest = parser.parse_args_into_dataclasses(args=argv)
+    return rest.output_dir, push_args, card_options
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run `concept-clip-push`; returns the exit status (0: pushed or dry run done, 1: refused or failed)."""
-    folder, args, card_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    folder, args, card_options = parse_arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         result = push_checkpoint(
@@ -92,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             create_pr=args.create_pr,
             dry_run=args.dry_run,
             keep_card=args.keep_card,
-            card_options=card_args.to_options(),
+            card_options=card_options,
             allow_checkpoint_dirs=args.allow_checkpoint_dirs,
         )
     except (CheckpointValidationError, HubUploadError, FileNotFoundError, ValueError) as error:

@@ -7,25 +7,44 @@ modules in `metrics/`. Command line: `concept-clip-eval` (`cli.py`). In a traini
 
     run = evaluate_model(model, processor, [SugarCrepeConfig(name="probes", data_dir="probes", subsets=None)])
     accelerator.log(run.flat_metrics(prefix="eval/"), step=step)
+
+Public names load on first use, as in the top-level package: reading results (`load_runs`, the model card) does not
+import torch or the benchmark code.
 """
 
-from .aro import OrderConfig, VGAttributionConfig, VGRelationConfig
-from .data import EvaluationDataError, ImageRef
-from .embedding import Embedder, EmbeddingConfig, ModelEmbedder
-from .metrics import load_metric
-from .presets import PRESETS, preset_benchmark
-from .results import BenchmarkResult, EvaluationRun, MetricValue, comparison_table, load_runs, save_runs
-from .retrieval import RetrievalConfig
-from .runner import BENCHMARK_KINDS, benchmark_from_dict, evaluate_model, read_benchmark_file, run_benchmarks
-from .spec import BenchmarkConfig
-from .sugarcrepe import SugarCrepeConfig
-from .sugarcrepe_pp import SugarCrepePlusPlusConfig
-from .winoground import WinogroundConfig
-from .zeroshot import ZeroShotConfig
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "aro": ["OrderConfig", "VGAttributionConfig", "VGRelationConfig"],
+    "data": ["EvaluationDataError", "ImageRef"],
+    "embedding": ["Embedder", "EmbeddingConfig", "ModelEmbedder"],
+    "metrics": ["load_metric"],
+    "presets": ["PRESETS", "preset_benchmark"],
+    "results": [
+        "RESULTS_FILE",
+        "BenchmarkResult",
+        "EvaluationRun",
+        "MetricValue",
+        "TableRow",
+        "comparison_table",
+        "load_runs",
+        "save_runs",
+        "table_rows",
+    ],
+    "retrieval": ["RetrievalConfig"],
+    "runner": ["BENCHMARK_KINDS", "benchmark_from_dict", "evaluate_model", "read_benchmark_file", "run_benchmarks"],
+    "spec": ["BenchmarkConfig"],
+    "sugarcrepe": ["SugarCrepeConfig"],
+    "sugarcrepe_pp": ["SugarCrepePlusPlusConfig"],
+    "winoground": ["WinogroundConfig"],
+    "zeroshot": ["ZeroShotConfig"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "BENCHMARK_KINDS",
-    "PRESETS",
     "BenchmarkConfig",
     "BenchmarkResult",
     "Embedder",
@@ -36,9 +55,12 @@ __all__ = [
     "MetricValue",
     "ModelEmbedder",
     "OrderConfig",
+    "PRESETS",
+    "RESULTS_FILE",
     "RetrievalConfig",
     "SugarCrepeConfig",
     "SugarCrepePlusPlusConfig",
+    "TableRow",
     "VGAttributionConfig",
     "VGRelationConfig",
     "WinogroundConfig",
@@ -52,4 +74,42 @@ __all__ = [
     "read_benchmark_file",
     "run_benchmarks",
     "save_runs",
+    "table_rows",
 ]
+
+if TYPE_CHECKING:
+    from .aro import OrderConfig, VGAttributionConfig, VGRelationConfig
+    from .data import EvaluationDataError, ImageRef
+    from .embedding import Embedder, EmbeddingConfig, ModelEmbedder
+    from .metrics import load_metric
+    from .presets import PRESETS, preset_benchmark
+    from .results import (
+        RESULTS_FILE,
+        BenchmarkResult,
+        EvaluationRun,
+        MetricValue,
+        TableRow,
+        comparison_table,
+        load_runs,
+        save_runs,
+        table_rows,
+    )
+    from .retrieval import RetrievalConfig
+    from .runner import BENCHMARK_KINDS, benchmark_from_dict, evaluate_model, read_benchmark_file, run_benchmarks
+    from .spec import BenchmarkConfig
+    from .sugarcrepe import SugarCrepeConfig
+    from .sugarcrepe_pp import SugarCrepePlusPlusConfig
+    from .winoground import WinogroundConfig
+    from .zeroshot import ZeroShotConfig
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,4 +1,5 @@
-"""Evaluation results: the JSON schema, flat metrics for training logs, Markdown tables and `model-index` entries.
+"""Evaluation results: the one model of what a benchmark run produced, for JSON files, training logs, Markdown
+tables and the model card's `model-index`.
 
 Metric values are fractions in [0, 1] everywhere in Python and JSON; tables and `model-index` show percentages.
 """
@@ -6,11 +7,20 @@ Metric values are fractions in [0, 1] everywhere in Python and JSON; tables and 
 from __future__ import annotations
 
 import json
+import logging
+import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from huggingface_hub import EvalResult
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"  # the name `concept-clip-eval --output`, the training script and the card use
 
 
 @dataclass
@@ -57,6 +67,25 @@ class BenchmarkResult:
                 return metric.value
         raise KeyError(f"Benchmark {self.name!r} has no metric {key!r}; it has {[m.key for m in self.metrics]}.")
 
+    @property
+    def model_index_key(self) -> tuple[str, str, str]:
+        """`(task type, dataset type, split)`: three of the four fields by which the Hub groups `model-index`."""
+        task_type = self.task.get("type") or "image-text-matching"
+        return (
+            task_type,
+            self.dataset.get("type") or self.dataset.get("name") or self.name,
+            self.dataset.get("split", ""),
+        )
+
+    @property
+    def dataset_label(self) -> str:
+        """The dataset with its split and size, e.g. `"SugarCrepe (test, 7,512 examples)"`."""
+        details = [self.dataset["split"]] if self.dataset.get("split") else []
+        if self.num_examples.get("total") is not None:
+            details.append(f"{self.num_examples['total']:,} examples")
+        label = self.dataset.get("name") or self.dataset.get("type") or self.name
+        return label + (f" ({', '.join(details)})" if details else "")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchmarkResult:
         data = dict(data)
@@ -69,7 +98,7 @@ class EvaluationRun:
     """The results of one model on a list of benchmarks, with what is needed to reproduce them.
 
     Attributes:
-        model: `{"name_or_path", "class", "model_type", "num_parameters"}`.
+        model: `{"name_or_path", "class", "model_type", "num_parameters"}`, and `"label"` when one was given.
         settings: device, dtype, batch sizes, text padding and library versions.
         benchmarks: one result per benchmark, in the order they ran.
     """
@@ -98,9 +127,7 @@ class EvaluationRun:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluationRun:
-        version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"Results schema version {version} is not supported (expected {SCHEMA_VERSION}).")
+        version = _checked_version(data)
         return cls(
             model=data["model"],
             settings=data["settings"],
@@ -111,20 +138,68 @@ class EvaluationRun:
     def to_markdown(self) -> str:
         return comparison_table([self])
 
-    def model_index(self, model_name: str | None = None) -> list[dict[str, Any]]:
-        """The `model-index` list of a Hugging Face model card (values in percent)."""
+    def eval_results(self) -> list[EvalResult]:
+        """One `huggingface_hub.EvalResult` per metric, in percent: the model card's `model-index`.
+
+        The Hub merges `model-index` entries that share task type, dataset type, dataset config and split; benchmarks
+        that share all four (e.g. ARO's VG-Relation and VG-Attribution) get their name as dataset config, so that
+        each keeps its own entry and name when the card is written and parsed again. A metric without a finite
+        value is left out, with a warning.
+        """
+        from huggingface_hub import EvalResult
+
+        shared = Counter(b.model_index_key for b in self.benchmarks if b.metrics)
         results = []
         for benchmark in self.benchmarks:
-            results.append(
-                {
-                    "task": dict(benchmark.task),
-                    "dataset": {k: v for k, v in benchmark.dataset.items() if v},
-                    "metrics": [
-                        {"type": m.type, "value": round(100 * m.value, 2), "name": m.name} for m in benchmark.metrics
-                    ],
-                }
-            )
-        return [{"name": model_name or self.label, "results": results}]
+            task_type, dataset_type, split = benchmark.model_index_key
+            for metric in benchmark.metrics:
+                if not (isinstance(metric.value, (int, float)) and math.isfinite(metric.value)):
+                    logger.warning("Benchmark %s: metric %s has no finite value; left out of model-index.",
+                                   benchmark.name, metric.key)  # fmt: skip
+                    continue
+                results.append(
+                    EvalResult(
+                        task_type=task_type,
+                        task_name=benchmark.task.get("name") or None,
+                        dataset_type=dataset_type,
+                        dataset_name=benchmark.dataset.get("name") or benchmark.name,
+                        dataset_split=split or None,
+                        dataset_config=benchmark.name if shared[benchmark.model_index_key] > 1 else None,
+                        metric_type=metric.type or "accuracy",
+                        metric_name=metric.name or metric.key,
+                        metric_value=round(100 * metric.value, 2),
+                    )
+                )
+        return results
+
+    def model_index(self, model_name: str | None = None) -> list[dict[str, Any]]:
+        """The `model-index` list of a Hugging Face model card (values in percent), from [`eval_results`]."""
+        from huggingface_hub.repocard_data import eval_results_to_model_index
+
+        return eval_results_to_model_index(model_name or self.label, self.eval_results())
+
+
+@dataclass
+class TableRow:
+    """One metric of one benchmark across runs: `values[i]` is run `i`'s value (a fraction), `None` if it has none.
+
+    `benchmark` and `metric` are those of the first run that has the metric (names, dataset, display name).
+    """
+
+    benchmark: BenchmarkResult
+    metric: MetricValue
+    values: list[float | None]
+
+
+def table_rows(runs: list[EvaluationRun]) -> list[TableRow]:
+    """The rows of a comparison of `runs`: every benchmark metric of any run, in the order they first appear."""
+    rows: dict[tuple[str, str], TableRow] = {}
+    for column, run in enumerate(runs):
+        for benchmark in run.benchmarks:
+            for metric in benchmark.metrics:
+                row = rows.setdefault((benchmark.name, metric.key), TableRow(benchmark, metric, [None] * len(runs)))
+                row.values[column] = metric.value
+    return list(rows.values())
 
 
 def comparison_table(runs: list[EvaluationRun], labels: list[str] | None = None) -> str:
@@ -137,19 +212,14 @@ def comparison_table(runs: list[EvaluationRun], labels: list[str] | None = None)
     labels = labels or [run.label for run in runs]
     if len(labels) != len(runs):
         raise ValueError(f"Got {len(labels)} labels for {len(runs)} runs.")
-    rows: dict[tuple[str, str], list[float | None]] = {}
-    for column, run in enumerate(runs):
-        for benchmark in run.benchmarks:
-            for metric in benchmark.metrics:
-                rows.setdefault((benchmark.name, metric.key), [None] * len(runs))[column] = metric.value
     header = ["benchmark", "metric", *labels] + (["Δ"] if len(runs) == 2 else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
-    for (benchmark, key), values in rows.items():
-        cells = [f"{100 * v:.1f}" if v is not None else "–" for v in values]
+    for row in table_rows(runs):
+        cells = [f"{100 * v:.1f}" if v is not None else "–" for v in row.values]
         if len(runs) == 2:
-            both = values[0] is not None and values[1] is not None
-            cells.append(f"{100 * (values[1] - values[0]):+.1f}" if both else "–")
-        lines.append("| " + " | ".join([benchmark, key, *cells]) + " |")
+            both = None not in row.values
+            cells.append(f"{100 * (row.values[1] - row.values[0]):+.1f}" if both else "–")
+        lines.append("| " + " | ".join([row.benchmark.name, row.metric.key, *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -163,8 +233,22 @@ def save_runs(runs: list[EvaluationRun], path: str | Path) -> Path:
 
 
 def load_runs(path: str | Path) -> list[EvaluationRun]:
-    """Read a results file written by `save_runs` (or a single run object)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if "runs" in data:
-        return [EvaluationRun.from_dict(run) for run in data["runs"]]
-    return [EvaluationRun.from_dict(data)]
+    """Read a results file written by `save_runs` (or a single run object); a malformed file is a `ValueError`
+    that names it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        _checked_version(data)
+        return [EvaluationRun.from_dict(run) for run in data.get("runs", [data])]
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
+        detail = f"missing field {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"{path} is not an evaluation results file: {detail}") from None
+
+
+def _checked_version(data: dict[str, Any]) -> int:
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"results schema version {version} is not supported (expected {SCHEMA_VERSION})")
+    return version
