@@ -1,6 +1,7 @@
 """Ablation of C2LIP on the shapes world: the demo's stages over several seeds and loss variants, aggregated.
 
     python examples/ablation_shapes_world.py                                  # CLIP, seeds 0 1 2, every variant
+    python examples/ablation_shapes_world.py --results_dir benchmarks/results # rewrite the committed results
     python examples/ablation_shapes_world.py --model_type siglip --seeds 0 1 2 --variants control c2lip
 
 For every seed it builds its own initial model and bag-of-words prior (`training/configs/demo/bow_prior.yaml`), then
@@ -17,9 +18,10 @@ fine-tunes that prior with every variant, each a `python -m training.train` subp
 
 The seed changes the initialisation, the prior's and the fine-tuning's data order and dropout-free randomness; the
 world (data and probes) is the same for every seed. Every variant of one seed starts from the same prior, with the
-same data order. Results: `<results_dir>/<name>.md` (mean ± standard deviation over seeds of every probe, zero-shot
-task and retrieval R@1, at equal steps and at equal training time), `<name>.json` (every metric of every run, and
-the learning curves) and `<name>_curves.png` (control vs C2LIP, mean ± std over seeds, against steps and minutes).
+same data order. Results, in `--results_dir` (default `<output_dir>/results`): `<name>.md` (mean ± standard deviation
+over seeds of every probe, zero-shot task and retrieval R@1, at equal steps and at equal training time), `<name>.json`
+(every metric of every run, and the learning curves) and `<name>_curves.png` (control vs C2LIP, mean ± std over
+seeds, against steps and minutes).
 A finished run is reused when its settings did not change, so an interrupted ablation resumes where it stopped.
 """
 
@@ -87,7 +89,11 @@ class AblationArguments:
         default=None, metadata={"help": "Models (default outputs/ablation/<model_type>): <seed>/<variant>/."}
     )
     world_dir: str = field(default="data/shapes_world", metadata={"help": "The shapes world (generated if absent)."})
-    results_dir: str = field(default="benchmarks/results", metadata={"help": "Where the tables and plot go."})
+    results_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the tables and plot go (default <output_dir>/results; the README's committed results "
+                  "are written with --results_dir benchmarks/results)."},
+    )  # fmt: skip
     name: str | None = field(
         default=None, metadata={"help": "File name stem of the results (default ablation_shapes_world[_siglip])."}
     )
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault(variant, {})[seed] = final_metrics(folder)
             logs.setdefault(variant, []).append([start_entry(prior), *read_log(folder)])
 
-    results_dir = Path(args.results_dir)
+    results_dir = Path(args.results_dir) if args.results_dir else root / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     title = (
         f"Shapes world, {args.model_type}, {len(args.seeds)} seeds ({' '.join(map(str, args.seeds))}): mean ± std "

@@ -44,8 +44,11 @@ def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):
     world = tmp_path / "world"
     tiny = dict(num_train=48, num_test=8, captions_per_test_image=2, zeroshot_per_class=2, num_unseen=4)
     generate_world(GenerateArguments(output_dir=str(world), **tiny))
-    root, results_dir = tmp_path / "ablation", tmp_path / "results"
-    argv = ["--world_dir", str(world), "--output_dir", str(root), "--results_dir", str(results_dir)]
+    # No --results_dir: the results go under the output folder, never over the committed benchmarks/results.
+    root = tmp_path / "ablation"
+    results_dir = root / "results"
+    committed = {path: path.stat().st_mtime_ns for path in (ablation.ROOT / "benchmarks" / "results").iterdir()}
+    argv = ["--world_dir", str(world), "--output_dir", str(root)]
     argv += ["--seeds", "0", "1", "--variants", "control", "c2lip", "--steps", "2", "--prior_steps", "2"]
     argv += ["--batch_size", "16", "--name", "tiny"]
     assert ablation.main(argv) == 0
@@ -73,3 +76,6 @@ def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):
     table = (results_dir / "tiny.md").read_text()
     assert "Δ C2LIP - control (equal steps)" in table and "Command: `python examples/ablation_shapes_world.py" in table
     assert Path(results_dir / "tiny_curves.png").stat().st_size > 0
+    assert {
+        path: path.stat().st_mtime_ns for path in (ablation.ROOT / "benchmarks" / "results").iterdir()
+    } == committed

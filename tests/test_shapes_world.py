@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from modeling_concept_clip.shapes_world import (
+    BINDING_PAIRS,
     PROBE_KINDS,
     GenerateArguments,
     Scene,
@@ -30,6 +31,10 @@ from modeling_concept_clip.shapes_world.vocabulary import PALETTE, PATTERNS, SHA
 
 SMALL = dict(num_train=24, num_test=16, zeroshot_per_class=2, num_unseen=8, captions_per_test_image=3)
 PHRASE = re.compile(rf"\ban? ({'|'.join(SIZES)}) ({'|'.join(PALETTE)}) ({'|'.join(PATTERNS)}) ({'|'.join(SHAPES)})\b")
+# A phrase naming some attributes: "a red circle", "a big red shape" (no shape named: the noun "shape").
+PARTIAL_PHRASE = re.compile(
+    rf"\ban? (?:({'|'.join(SIZES)}) )?(?:({'|'.join(PALETTE)}) )?(?:({'|'.join(PATTERNS)}) )?({'|'.join(SHAPES)}|shape)\b"
+)
 
 
 def _generate(path: Path, **overrides) -> Path:
@@ -149,6 +154,56 @@ def test_probe_negatives_differ_as_intended(world_dir, part):
                 (_, new), i = changed[0], differing[0][0]
                 assert (i == 0) == (kind == "replace_obj")
                 assert new[i] not in {obj.key[i] for obj in scene.objects}
+
+
+def _named_attributes(caption: str) -> list[dict[str, str]]:
+    """The attributes each phrase of a caption names, e.g. [{"color": "red", "shape": "circle"}, ...]."""
+    phrases = []
+    for size, color, pattern, shape in PARTIAL_PHRASE.findall(caption):
+        named = {"size": size, "color": color, "pattern": pattern, "shape": "" if shape == "shape" else shape}
+        phrases.append({attribute: value for attribute, value in named.items() if value})
+    return phrases
+
+
+@pytest.mark.parametrize("part", ["test", "unseen"])
+def test_binding_probes_swap_exactly_the_named_pair(world_dir, part):
+    folder = world_dir / part
+    scenes = {
+        row["file_name"].removeprefix("images/"): Scene.from_dict(json.loads(row["scene"]))
+        for row in _rows(folder / "metadata.jsonl")
+    }
+    unseen = unseen_combinations(WorldConfig(), seed=0)
+    for swapped, kept in BINDING_PAIRS:
+        probes = _json(folder / "binding" / f"{swapped}_{kept}.json")
+        assert len(probes) >= 3, (swapped, kept)
+        for probe in probes.values():
+            scene = scenes[probe["filename"]]
+            assert (folder / "images" / probe["filename"]).is_file()
+            assert (probe["attribute"], probe["bound_to"]) == (swapped, kept)
+            positive, negative = _named_attributes(probe["caption"]), _named_attributes(probe["negative_caption"])
+            # Two objects, named by exactly the pair's attributes.
+            assert len(positive) == len(negative) == 2
+            assert all(set(phrase) == {swapped, kept} for phrase in positive + negative)
+            # The positive is true of two different objects; no phrase of the negative is true of any object.
+            combinations = [(obj.get(swapped), obj.get(kept)) for obj in scene.objects]
+            named = [(phrase[swapped], phrase[kept]) for phrase in positive]
+            assert all(pair in combinations for pair in named) and named[0] != named[1]
+            assert not any((phrase[swapped], phrase[kept]) in combinations for phrase in negative)
+            # The negative exchanges the swapped attribute between the two phrases and nothing else.
+            assert [phrase[kept] for phrase in negative] == [phrase[kept] for phrase in positive]
+            assert [phrase[swapped] for phrase in negative] == [phrase[swapped] for phrase in positive][::-1]
+            assert positive[0][swapped] != positive[1][swapped] and positive[0][kept] != positive[1][kept]
+            words, negative_words = probe["caption"].split(), probe["negative_caption"].split()
+            assert len(words) == len(negative_words) and Counter(words) == Counter(negative_words)
+            # Word by word, only the swapped values differ (and "a"/"an" before them).
+            differing = {(w, n) for w, n in zip(words, negative_words) if w != n} - {("a", "an"), ("an", "a")}
+            first, second = positive[0][swapped], positive[1][swapped]
+            assert differing == {(first, second), (second, first)}
+            if (swapped, kept) == ("color", "shape"):
+                # The unseen probes name a held-out pair (in the positive); the in-distribution ones never do.
+                assert bool(set(named) & unseen) == (part == "unseen")
+                if part == "test":
+                    assert not {(phrase["color"], phrase["shape"]) for phrase in negative} & unseen
 
 
 def test_unseen_combinations_are_held_out(world_dir):
@@ -339,7 +394,8 @@ def test_bag_of_words_solves_captions_but_not_swaps(world_dir):
     from modeling_concept_clip.shapes_world.analysis import bag_of_words_report
 
     report = bag_of_words_report(world_dir / "test")
-    assert report["swap_att"]["ties"] == 1.0
+    for kind in ("swap_att", "color_shape", "color_pattern", "color_size", "pattern_shape"):
+        assert report[kind]["ties"] == 1.0, kind
     assert report["caption_vs_random_scene"]["accuracy"] >= 0.95
     for kind in ("replace_att", "replace_obj", "add_obj"):
         assert report[kind]["accuracy"] == 1.0

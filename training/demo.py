@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shlex
 import subprocess
 import sys
@@ -220,9 +221,24 @@ def curve_points(logs: list[list[dict]], metric: str) -> list[tuple[int, float, 
     return points
 
 
-def plot_learning_curves(logs: dict[str, list[list[dict]]], path: Path, title: str | None = None) -> Path | None:
+def machine_description() -> str:
+    """The hardware the training stages run on (this machine), for the time axis and the result files: the GPU's
+    name, else the CPU cores available and torch's thread count (timings and, through the order of float sums, the
+    numbers themselves depend on both)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU, {cores} cores, {torch.get_num_threads()} torch threads"
+
+
+def plot_learning_curves(
+    logs: dict[str, list[list[dict]]], path: Path, title: str | None = None, machine: str | None = None
+) -> Path | None:
     """Each probe against steps (top) and against training minutes (bottom), one line per model: the mean over
-    runs (the `train_log.jsonl` entries of each seed), with a band of one standard deviation when there are several."""
+    runs (the `train_log.jsonl` entries of each seed), with a band of one standard deviation when there are several.
+    `machine`: where the training ran, for the time axis (default: `machine_description()`)."""
     try:
         import matplotlib
 
@@ -235,6 +251,7 @@ def plot_learning_curves(logs: dict[str, list[list[dict]]], path: Path, title: s
     if not metrics:
         logger.warning("No evaluation during training (--eval_steps): no learning curves.")
         return None
+    machine = machine or machine_description()
     figure, axes = plt.subplots(2, len(metrics), figsize=(3.2 * len(metrics), 6.2), squeeze=False)
     for column, metric in enumerate(metrics):
         for label, runs in logs.items():
@@ -250,7 +267,7 @@ def plot_learning_curves(logs: dict[str, list[list[dict]]], path: Path, title: s
                     axes[row][column].fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
         axes[0][column].set_title(CURVES[metric], fontsize=9)
         axes[0][column].set_xlabel("optimizer steps")
-        axes[1][column].set_xlabel("training minutes (2 CPU cores)")
+        axes[1][column].set_xlabel(f"training minutes ({machine})", fontsize=8)
         for row in (0, 1):
             axes[row][column].grid(alpha=0.3)
     axes[0][0].set_ylabel("% (held-out)")

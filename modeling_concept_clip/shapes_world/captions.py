@@ -8,12 +8,13 @@ a caption are exactly its objects (and "a gray background" when the background i
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .scenes import Scene, ShapeObject
+from .vocabulary import ATTRIBUTES
 
 # `{all}`: every object joined by "and"; `{first}` / `{rest}`: the first object / the others joined by "and";
 # `{each}`: every object, joined by "and there is".
@@ -37,9 +38,12 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def object_phrase(obj: ShapeObject) -> str:
-    """The noun phrase of an object: size, colour, pattern, shape ("a big red striped circle")."""
-    words = obj.size, obj.color, obj.pattern, obj.shape
+def object_phrase(obj: ShapeObject, attributes: Collection[str] = ("size", "color", "pattern", "shape")) -> str:
+    """The noun phrase of an object naming `attributes`, in the order size, colour, pattern, shape: "a big red stripy
+    circle" (all), "a red circle" (colour and shape); without "shape" the noun is the word "shape" ("a big red shape").
+    """
+    words = [obj.get(attribute) for attribute in ATTRIBUTES if attribute in attributes]
+    words.append(obj.shape if "shape" in attributes else "shape")
     return f"{article(words[0])} {' '.join(words)}"
 
 
