@@ -31,12 +31,26 @@ def test_table_cells_are_mean_and_sample_std_over_seeds_and_paired_differences()
     assert summary["c2lip_minus_control"]["probes/swap_att"]["std"] == pytest.approx(0.0707107, rel=1e-5)
 
 
+def _write_log(folder: Path, entries: list[tuple[int, float]]) -> None:
+    folder.mkdir(exist_ok=True)
+    lines = [json.dumps({"step": step, "train_seconds": seconds}) for step, seconds in entries]
+    (folder / "train_log.jsonl").write_text("\n".join(lines) + "\n")
+
+
 def test_equal_time_steps_uses_the_controls_time_per_step(tmp_path):
-    for name, step, seconds in (("control", 100, 50.0), ("c2lip", 100, 81.0)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "train_log.jsonl").write_text(json.dumps({"step": step, "train_seconds": seconds}) + "\n")
-    # 81 s at 0.5 s per control step = 162 steps, rounded to 150.
-    assert ablation.equal_time_steps(tmp_path / "control", tmp_path / "c2lip") == 150
+    _write_log(tmp_path / "c2lip", [(25, 40.0), (100, 81.0)])
+    # One control entry: 0.5 s per step on average; 81 s are 162 steps (not rounded to 50: short runs stay short).
+    _write_log(tmp_path / "control", [(100, 50.0)])
+    assert ablation.equal_time_steps(tmp_path / "control", tmp_path / "c2lip") == 162
+    # The first window holds the start-up (20 s for 25 steps), then 0.4 s per step: 25 + (81 - 20) / 0.4 = 177.5.
+    _write_log(tmp_path / "control", [(25, 20.0), (50, 30.0), (100, 50.0)])
+    assert ablation.equal_time_steps(tmp_path / "control", tmp_path / "c2lip") == 178
+
+
+def test_short_runs_do_not_read_as_zero_minutes():
+    results = {variant: {0: {"steps": 5, "train_minutes": 2.4 / 60}} for variant in ("control", "c2lip")}
+    table = ablation.markdown_table(results, [0], "t")
+    assert "| training minutes | 0.04 ± 0.00 | 0.04 ± 0.00 |" in table
 
 
 def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):

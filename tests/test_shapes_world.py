@@ -18,6 +18,7 @@ from modeling_concept_clip.shapes_world import (
     PROBE_KINDS,
     GenerateArguments,
     Scene,
+    ShapeObject,
     WorldConfig,
     generate_world,
     main,
@@ -27,7 +28,7 @@ from modeling_concept_clip.shapes_world import (
     scene_rng,
     unseen_combinations,
 )
-from modeling_concept_clip.shapes_world.vocabulary import PALETTE, PATTERNS, SHAPES, SIZES
+from modeling_concept_clip.shapes_world.vocabulary import GRID_SIZES, PALETTE, PATTERNS, SHAPES, SIZES
 
 SMALL = dict(num_train=24, num_test=16, zeroshot_per_class=2, num_unseen=8, captions_per_test_image=3)
 PHRASE = re.compile(rf"\ban? ({'|'.join(SIZES)}) ({'|'.join(PALETTE)}) ({'|'.join(PATTERNS)}) ({'|'.join(SHAPES)})\b")
@@ -102,16 +103,57 @@ def test_objects_do_not_overlap_and_stay_inside(world_dir):
                 assert a.x + a.side <= b.x or b.x + b.side <= a.x or a.y + a.side <= b.y or b.y + b.side <= a.y
 
 
+def test_grid_objects_cover_whole_cells_and_look_the_same_everywhere():
+    world = WorldConfig()
+    cell = world.cell_size
+    for index in range(200):
+        for obj in sample_scene(scene_rng(3, 0, index), world).objects:
+            # A block of whole cells, drawn 1 pixel inside it.
+            assert (obj.x - 1) % cell == 0 and (obj.y - 1) % cell == 0
+            assert obj.side + 2 == GRID_SIZES[obj.size] * cell
+    # The same object at two cells has the same pixels (patterns are anchored to the image grid): what a patch of a
+    # shape shows does not depend on where the shape is.
+    for shape in world.shapes:
+        for pattern in world.patterns:
+            side = GRID_SIZES["big"] * cell - 2
+            obj = ShapeObject(shape, "red", "big", pattern, x=1, y=1, side=side)
+            moved = replace(obj, x=2 * cell + 1, y=cell + 1)
+            here = np.asarray(render_scene(Scene((obj,), "gray"), world))
+            there = np.asarray(render_scene(Scene((moved,), "gray"), world))
+            block = side + 2
+            assert np.array_equal(here[:block, :block], there[cell : cell + block, 2 * cell : 2 * cell + block])
+    # Free placement: any position, sides in the SIZES range.
+    free = WorldConfig(placement="free")
+    sides = [obj.side for i in range(50) for obj in sample_scene(scene_rng(3, 0, i), free).objects]
+    assert min(sides) >= round(SIZES["small"][0] * 48) and max(sides) <= round(SIZES["big"][1] * 48)
+    assert any((side + 2) % cell for side in sides)
+
+
 def test_training_rows_describe_their_scene(world_dir):
     rows = _rows(world_dir / "train/metadata.jsonl")
     assert len(rows) == SMALL["num_train"]
+    named = Counter()
     for row in rows:
         scene = Scene.from_dict(json.loads(row["scene"]))
         assert Counter(_phrases(row["caption"])) == Counter(obj.key for obj in scene.objects)
-        # The bag-of-words caption has exactly the caption's words (frame words too), in another order.
-        assert Counter(row["bow_caption"].split()) == Counter(row["caption"].split())
+        # The bag-of-words caption has the caption's words (frame words too) in another order, less the values of the
+        # attribute types it does not name (all values of a type or none; every shape is named).
+        bow, caption = Counter(row["bow_caption"].split()), Counter(row["caption"].split())
+        for attribute, values in (("shape", SHAPES), ("size", SIZES), ("color", PALETTE), ("pattern", PATTERNS)):
+            mentions = [bow[value] for value in values if caption[value]]
+            assert mentions == [caption[value] for value in values if caption[value]] or not any(mentions)
+            named[attribute] += any(mentions)
+        articles = ("a", "an")  # "a red circle" may become "an orange circle" or "a circle"
+        assert all(
+            bow[word] == count
+            for word, count in caption.items()
+            if word not in (*SIZES, *PALETTE, *PATTERNS, *articles)
+        )
         assert (world_dir / "train" / row["file_name"]).is_file()
         assert "concepts" not in row
+    # Shapes always; every other attribute type in some bag-of-words captions and not in others.
+    assert named["shape"] == len(rows)
+    assert all(0 < named[attribute] < len(rows) for attribute in ("size", "color", "pattern"))
 
 
 @pytest.mark.parametrize("part", ["test", "unseen"])
@@ -308,6 +350,11 @@ def test_world_config_validation():
         WorldConfig(shapes=["circle", "hexagon"])
     with pytest.raises(ValueError):
         WorldConfig(min_objects=3, max_objects=2)
+    with pytest.raises(ValueError, match="multiple of cell_size"):
+        WorldConfig(image_size=50)
+    with pytest.raises(ValueError, match="placement"):
+        WorldConfig(placement="random")
+    assert WorldConfig(image_size=50, placement="free").image_size == 50
     assert replace(WorldConfig(), unseen_pairs=0).unseen_pairs == 0
 
 
@@ -317,8 +364,11 @@ def _all_texts(world_dir: Path) -> list[str]:
         for row in _rows(world_dir / part / "metadata.jsonl"):
             texts += [row["caption"], row.get("bow_caption", "")] + row.get("captions", [])
     for part in ("test", "unseen"):
-        for kind in PROBE_KINDS:
-            for probe in _json(world_dir / part / f"{kind}.json").values():
+        for path in [
+            *(world_dir / part / f"{kind}.json" for kind in PROBE_KINDS),
+            *(world_dir / part).glob("binding/*"),
+        ]:
+            for probe in _json(path).values():
                 texts += [probe["caption"], probe["negative_caption"]]
         for image in _json(world_dir / part / "retrieval.json")["images"]:
             texts += [sentence["raw"] for sentence in image["sentences"]]

@@ -36,7 +36,9 @@ from .vocabulary import WorldConfig
 logger = logging.getLogger(__name__)
 
 # Bump when a change of the code changes the generated data: a folder of another version is not reused.
-GENERATOR_VERSION = "2"  # 2: bag-of-words captions shuffle every caption word
+# 2: bag-of-words captions shuffle every caption word; 3: grid placement, binding probes per attribute pair,
+# bag-of-words captions name a random subset of the attribute types.
+GENERATOR_VERSION = "3"
 GENERATOR_NAME = "modeling_concept_clip.shapes_world"
 # Independent random streams: a scene of one part can never be a scene of another part.
 TRAIN_STREAM, TEST_STREAM, ZEROSHOT_STREAM, UNSEEN_STREAM = 0, 1, 2, 3
@@ -100,7 +102,7 @@ def _train_item(ctx: _Context, index: int) -> dict:
     return {
         "file_name": file_name,
         "caption": spec.render(scene),
-        "bow_caption": bow_caption(rng, scene, spec),
+        "bow_caption": bow_caption(rng, scene, spec, ctx.world.bow_mention_prob),
         "scene": json.dumps(scene.to_dict()),
         "num_objects": len(scene.objects),
         "template": spec.template,
