@@ -112,10 +112,12 @@ def build_world_model_and_processor(
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """A freshly initialised `CLIPModel` or `SiglipModel` (float32) and its processor (PIL image backend, world
     tokenizer) for images of `world.image_size` pixels. `config_kwargs` go to `world_clip_config` /
-    `world_siglip_config` (width, layers, heads, patch_size, ...)."""
+    `world_siglip_config` (width, layers, heads, patch_size (default: the grid's `cell_size`), ...)."""
     import torch
 
     world = world or WorldConfig()
+    if world.placement == "grid":  # patches on the world's cells: a shape shows the same patches wherever it is
+        config_kwargs.setdefault("patch_size", world.cell_size)
     size = world.image_size
     tokenizer = build_world_tokenizer()
     torch.manual_seed(seed)
