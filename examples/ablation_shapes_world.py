@@ -1,6 +1,7 @@
 """Ablation of C2LIP on the shapes world: the demo's stages over several seeds and loss variants, aggregated.
 
     python examples/ablation_shapes_world.py                                  # CLIP, seeds 0 1 2, every variant
+    python examples/ablation_shapes_world.py --results_dir benchmarks/results # rewrite the committed results
     python examples/ablation_shapes_world.py --model_type siglip --seeds 0 1 2 --variants control c2lip
 
 For every seed it builds its own initial model and bag-of-words prior (`training/configs/demo/bow_prior.yaml`), then
@@ -17,9 +18,10 @@ fine-tunes that prior with every variant, each a `python -m training.train` subp
 
 The seed changes the initialisation, the prior's and the fine-tuning's data order and dropout-free randomness; the
 world (data and probes) is the same for every seed. Every variant of one seed starts from the same prior, with the
-same data order. Results: `<results_dir>/<name>.md` (mean ± standard deviation over seeds of every probe, zero-shot
-task and retrieval R@1, at equal steps and at equal training time), `<name>.json` (every metric of every run, and
-the learning curves) and `<name>_curves.png` (control vs C2LIP, mean ± std over seeds, against steps and minutes).
+same data order. Results, in `--results_dir` (default `<output_dir>/results`): `<name>.md` (mean ± standard deviation
+over seeds of every probe, zero-shot task and retrieval R@1, at equal steps and at equal training time), `<name>.json`
+(every metric of every run, and the learning curves) and `<name>_curves.png` (control vs C2LIP, mean ± std over
+seeds, against steps and minutes).
 A finished run is reused when its settings did not change, so an interrupted ablation resumes where it stopped.
 """
 
@@ -39,11 +41,13 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from modeling_concept_clip.evaluation.results import load_runs  # noqa: E402
 from training.demo import (  # noqa: E402
+    CURVES,
     _mean_std,
     benchmarks_file,
     curve_points,
     ensure_world,
     fine_tune,
+    machine_description,
     plot_learning_curves,
     prepare_prior,
     read_log,
@@ -69,6 +73,14 @@ TABLE_ROWS: list[tuple[str, str]] = [
     ("probes_unseen/replace_att", "unseen replace-att"),
     ("probes_unseen/replace_obj", "unseen replace-obj"),
     ("probes_unseen/add_obj", "unseen add-obj"),
+    ("binding/color_shape", "binding colour-shape"),
+    ("binding/color_pattern", "binding colour-pattern"),
+    ("binding/color_size", "binding colour-size"),
+    ("binding/pattern_shape", "binding pattern-shape"),
+    ("binding_unseen/color_shape", "unseen binding colour-shape"),
+    ("binding_unseen/color_pattern", "unseen binding colour-pattern"),
+    ("binding_unseen/color_size", "unseen binding colour-size"),
+    ("binding_unseen/pattern_shape", "unseen binding pattern-shape"),
     ("zeroshot_shape/top1", "zero-shot shape"),
     ("zeroshot_color/top1", "zero-shot colour"),
     ("zeroshot_pattern/top1", "zero-shot pattern"),
@@ -87,7 +99,11 @@ class AblationArguments:
         default=None, metadata={"help": "Models (default outputs/ablation/<model_type>): <seed>/<variant>/."}
     )
     world_dir: str = field(default="data/shapes_world", metadata={"help": "The shapes world (generated if absent)."})
-    results_dir: str = field(default="benchmarks/results", metadata={"help": "Where the tables and plot go."})
+    results_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the tables and plot go (default <output_dir>/results; the README's committed results "
+                  "are written with --results_dir benchmarks/results)."},
+    )  # fmt: skip
     name: str | None = field(
         default=None, metadata={"help": "File name stem of the results (default ablation_shapes_world[_siglip])."}
     )
@@ -96,8 +112,8 @@ class AblationArguments:
     batch_size: int | None = field(default=None, metadata={"help": "Batch size of every stage (default: 128)."})
     equal_time_steps: int | None = field(
         default=None,
-        metadata={"help": "Steps of `control_equal_time` (default: the first seed's C2LIP training time divided by "
-                  "the control's time per step, rounded to 50)."},
+        metadata={"help": "Steps of `control_equal_time` (default: as many as the first seed's control takes in that "
+                  "seed's C2LIP training time)."},
     )  # fmt: skip
     curve_variants: list[str] = field(
         default_factory=lambda: ["control", "c2lip"],
@@ -115,10 +131,19 @@ def final_metrics(folder: Path) -> dict[str, float]:
 
 
 def equal_time_steps(control: Path, c2lip: Path) -> int:
-    """Control steps that take as long as the C2LIP run (training time only, evaluation excluded)."""
-    control_log, c2lip_log = read_log(control), read_log(c2lip)
-    per_step = control_log[-1]["train_seconds"] / control_log[-1]["step"]
-    return max(50, int(round(c2lip_log[-1]["train_seconds"] / per_step / 50)) * 50)
+    """Control steps that take as long as the C2LIP run (training time only, evaluation excluded).
+
+    The control's time up to its first log entry (data-loader start-up and warm-up included, which a longer run pays
+    once as well) plus its time per step after it, extrapolated to C2LIP's total training time.
+    """
+    entries = [entry for entry in read_log(control) if entry["step"] > 0 and "train_seconds" in entry]
+    first, last = entries[0], entries[-1]
+    if last["step"] > first["step"]:
+        per_step = (last["train_seconds"] - first["train_seconds"]) / (last["step"] - first["step"])
+    else:  # one log entry: the average step
+        first, per_step = {"step": 0, "train_seconds": 0.0}, last["train_seconds"] / last["step"]
+    budget = read_log(c2lip)[-1]["train_seconds"]
+    return max(1, round(first["step"] + (budget - first["train_seconds"]) / per_step))
 
 
 def _cell(values: list[float]) -> str:
@@ -175,7 +200,8 @@ def markdown_table(results: dict[str, dict[int, dict[str, float]]], seeds: list[
             values = [v for v in values if v is not None]
             if values:
                 mean, std = _mean_std([scale * v for v in values])
-                cells.append(f"{mean:.0f}" if key == "steps" else f"{mean:.1f} ± {std:.1f}")
+                # Minutes to 0.01 (0.6 s): a short run must not read as 0.0 minutes.
+                cells.append(f"{mean:.0f}" if key == "steps" else f"{mean:.2f} ± {std:.2f}")
             else:
                 cells.append("–")
         cells += [""] * (int(has_control) + int(has_equal))
@@ -220,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault(variant, {})[seed] = final_metrics(folder)
             logs.setdefault(variant, []).append([start_entry(prior), *read_log(folder)])
 
-    results_dir = Path(args.results_dir)
+    results_dir = Path(args.results_dir) if args.results_dir else root / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     title = (
         f"Shapes world, {args.model_type}, {len(args.seeds)} seeds ({' '.join(map(str, args.seeds))}): mean ± std "
@@ -228,14 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     table = markdown_table(results, args.seeds, title)
     command = "python examples/ablation_shapes_world.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (results_dir / f"{name}.md").write_text(f"{table}\n\nCommand: `{command.strip()}`\n")
+    machine = machine_description()
+    (results_dir / f"{name}.md").write_text(f"{table}\n\nCommand: `{command.strip()}` ({machine})\n")
     curves = {
-        label: {metric: curve_points(logs[variant], metric) for metric in ("probes/swap", "retrieval/i2t_R@1")}
+        label: {metric: curve_points(logs[variant], metric) for metric in CURVES}
         for variant, label in (("control", "control"), ("c2lip", "C2LIP"))
         if variant in logs
     }
     payload = {
         "command": command.strip(),
+        "machine": machine,
         "model_type": args.model_type,
         "seeds": args.seeds,
         "equal_time_steps": equal_steps,
@@ -246,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     (results_dir / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
     plotted = {VARIANTS[v][2]: logs[v] for v in ("control", "c2lip") if v in logs}
     png = plot_learning_curves(
-        plotted, results_dir / f"{name}_curves.png", f"{title.split(':')[0]}: mean ± std over seeds"
+        plotted, results_dir / f"{name}_curves.png", f"{title.split(':')[0]}: mean ± std over seeds", machine
     )
     print("\n" + table)
     print(f"\nWritten: {results_dir / f'{name}.md'}, {results_dir / f'{name}.json'}" + (f", {png}" if png else ""))

@@ -31,12 +31,26 @@ def test_table_cells_are_mean_and_sample_std_over_seeds_and_paired_differences()
     assert summary["c2lip_minus_control"]["probes/swap_att"]["std"] == pytest.approx(0.0707107, rel=1e-5)
 
 
+def _write_log(folder: Path, entries: list[tuple[int, float]]) -> None:
+    folder.mkdir(exist_ok=True)
+    lines = [json.dumps({"step": step, "train_seconds": seconds}) for step, seconds in entries]
+    (folder / "train_log.jsonl").write_text("\n".join(lines) + "\n")
+
+
 def test_equal_time_steps_uses_the_controls_time_per_step(tmp_path):
-    for name, step, seconds in (("control", 100, 50.0), ("c2lip", 100, 81.0)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "train_log.jsonl").write_text(json.dumps({"step": step, "train_seconds": seconds}) + "\n")
-    # 81 s at 0.5 s per control step = 162 steps, rounded to 150.
-    assert ablation.equal_time_steps(tmp_path / "control", tmp_path / "c2lip") == 150
+    _write_log(tmp_path / "c2lip", [(25, 40.0), (100, 81.0)])
+    # One control entry: 0.5 s per step on average; 81 s are 162 steps (not rounded to 50: short runs stay short).
+    _write_log(tmp_path / "control", [(100, 50.0)])
+    assert ablation.equal_time_steps(tmp_path / "control", tmp_path / "c2lip") == 162
+    # The first window holds the start-up (20 s for 25 steps), then 0.4 s per step: 25 + (81 - 20) / 0.4 = 177.5.
+    _write_log(tmp_path / "control", [(25, 20.0), (50, 30.0), (100, 50.0)])
+    assert ablation.equal_time_steps(tmp_path / "control", tmp_path / "c2lip") == 178
+
+
+def test_short_runs_do_not_read_as_zero_minutes():
+    results = {variant: {0: {"steps": 5, "train_minutes": 2.4 / 60}} for variant in ("control", "c2lip")}
+    table = ablation.markdown_table(results, [0], "t")
+    assert "| training minutes | 0.04 ± 0.00 | 0.04 ± 0.00 |" in table
 
 
 def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):
@@ -44,8 +58,11 @@ def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):
     world = tmp_path / "world"
     tiny = dict(num_train=48, num_test=8, captions_per_test_image=2, zeroshot_per_class=2, num_unseen=4)
     generate_world(GenerateArguments(output_dir=str(world), **tiny))
-    root, results_dir = tmp_path / "ablation", tmp_path / "results"
-    argv = ["--world_dir", str(world), "--output_dir", str(root), "--results_dir", str(results_dir)]
+    # No --results_dir: the results go under the output folder, never over the committed benchmarks/results.
+    root = tmp_path / "ablation"
+    results_dir = root / "results"
+    committed = {path: path.stat().st_mtime_ns for path in (ablation.ROOT / "benchmarks" / "results").iterdir()}
+    argv = ["--world_dir", str(world), "--output_dir", str(root)]
     argv += ["--seeds", "0", "1", "--variants", "control", "c2lip", "--steps", "2", "--prior_steps", "2"]
     argv += ["--batch_size", "16", "--name", "tiny"]
     assert ablation.main(argv) == 0
@@ -73,3 +90,6 @@ def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):
     table = (results_dir / "tiny.md").read_text()
     assert "Δ C2LIP - control (equal steps)" in table and "Command: `python examples/ablation_shapes_world.py" in table
     assert Path(results_dir / "tiny_curves.png").stat().st_size > 0
+    assert {
+        path: path.stat().st_mtime_ns for path in (ablation.ROOT / "benchmarks" / "results").iterdir()
+    } == committed

@@ -25,7 +25,7 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
     ]
     for run in runs:
         names = {benchmark.name for benchmark in run.benchmarks}
-        assert {"probes", "probes_unseen", "retrieval", "zeroshot_shape", "zeroshot_pattern"} <= names
+        assert {"probes", "probes_unseen", "binding", "binding_unseen", "retrieval", "zeroshot_shape"} <= names
     table = (root / "results.md").read_text()
     assert "| probes | swap_att |" in table and "Δ (C2LIP - control)" in table
     assert (root / "learning_curves.png").stat().st_size > 0

@@ -14,9 +14,11 @@ import pytest
 from PIL import Image
 
 from modeling_concept_clip.shapes_world import (
+    BINDING_PAIRS,
     PROBE_KINDS,
     GenerateArguments,
     Scene,
+    ShapeObject,
     WorldConfig,
     generate_world,
     main,
@@ -26,10 +28,14 @@ from modeling_concept_clip.shapes_world import (
     scene_rng,
     unseen_combinations,
 )
-from modeling_concept_clip.shapes_world.vocabulary import PALETTE, PATTERNS, SHAPES, SIZES
+from modeling_concept_clip.shapes_world.vocabulary import GRID_SIZES, PALETTE, PATTERNS, SHAPES, SIZES
 
 SMALL = dict(num_train=24, num_test=16, zeroshot_per_class=2, num_unseen=8, captions_per_test_image=3)
 PHRASE = re.compile(rf"\ban? ({'|'.join(SIZES)}) ({'|'.join(PALETTE)}) ({'|'.join(PATTERNS)}) ({'|'.join(SHAPES)})\b")
+# A phrase naming some attributes: "a red circle", "a big red shape" (no shape named: the noun "shape").
+PARTIAL_PHRASE = re.compile(
+    rf"\ban? (?:({'|'.join(SIZES)}) )?(?:({'|'.join(PALETTE)}) )?(?:({'|'.join(PATTERNS)}) )?({'|'.join(SHAPES)}|shape)\b"
+)
 
 
 def _generate(path: Path, **overrides) -> Path:
@@ -97,16 +103,57 @@ def test_objects_do_not_overlap_and_stay_inside(world_dir):
                 assert a.x + a.side <= b.x or b.x + b.side <= a.x or a.y + a.side <= b.y or b.y + b.side <= a.y
 
 
+def test_grid_objects_cover_whole_cells_and_look_the_same_everywhere():
+    world = WorldConfig()
+    cell = world.cell_size
+    for index in range(200):
+        for obj in sample_scene(scene_rng(3, 0, index), world).objects:
+            # A block of whole cells, drawn 1 pixel inside it.
+            assert (obj.x - 1) % cell == 0 and (obj.y - 1) % cell == 0
+            assert obj.side + 2 == GRID_SIZES[obj.size] * cell
+    # The same object at two cells has the same pixels (patterns are anchored to the image grid): what a patch of a
+    # shape shows does not depend on where the shape is.
+    for shape in world.shapes:
+        for pattern in world.patterns:
+            side = GRID_SIZES["big"] * cell - 2
+            obj = ShapeObject(shape, "red", "big", pattern, x=1, y=1, side=side)
+            moved = replace(obj, x=2 * cell + 1, y=cell + 1)
+            here = np.asarray(render_scene(Scene((obj,), "gray"), world))
+            there = np.asarray(render_scene(Scene((moved,), "gray"), world))
+            block = side + 2
+            assert np.array_equal(here[:block, :block], there[cell : cell + block, 2 * cell : 2 * cell + block])
+    # Free placement: any position, sides in the SIZES range.
+    free = WorldConfig(placement="free")
+    sides = [obj.side for i in range(50) for obj in sample_scene(scene_rng(3, 0, i), free).objects]
+    assert min(sides) >= round(SIZES["small"][0] * 48) and max(sides) <= round(SIZES["big"][1] * 48)
+    assert any((side + 2) % cell for side in sides)
+
+
 def test_training_rows_describe_their_scene(world_dir):
     rows = _rows(world_dir / "train/metadata.jsonl")
     assert len(rows) == SMALL["num_train"]
+    named = Counter()
     for row in rows:
         scene = Scene.from_dict(json.loads(row["scene"]))
         assert Counter(_phrases(row["caption"])) == Counter(obj.key for obj in scene.objects)
-        # The bag-of-words caption has exactly the caption's words (frame words too), in another order.
-        assert Counter(row["bow_caption"].split()) == Counter(row["caption"].split())
+        # The bag-of-words caption has the caption's words (frame words too) in another order, less the values of the
+        # attribute types it does not name (all values of a type or none; every shape is named).
+        bow, caption = Counter(row["bow_caption"].split()), Counter(row["caption"].split())
+        for attribute, values in (("shape", SHAPES), ("size", SIZES), ("color", PALETTE), ("pattern", PATTERNS)):
+            mentions = [bow[value] for value in values if caption[value]]
+            assert mentions == [caption[value] for value in values if caption[value]] or not any(mentions)
+            named[attribute] += any(mentions)
+        articles = ("a", "an")  # "a red circle" may become "an orange circle" or "a circle"
+        assert all(
+            bow[word] == count
+            for word, count in caption.items()
+            if word not in (*SIZES, *PALETTE, *PATTERNS, *articles)
+        )
         assert (world_dir / "train" / row["file_name"]).is_file()
         assert "concepts" not in row
+    # Shapes always; every other attribute type in some bag-of-words captions and not in others.
+    assert named["shape"] == len(rows)
+    assert all(0 < named[attribute] < len(rows) for attribute in ("size", "color", "pattern"))
 
 
 @pytest.mark.parametrize("part", ["test", "unseen"])
@@ -149,6 +196,56 @@ def test_probe_negatives_differ_as_intended(world_dir, part):
                 (_, new), i = changed[0], differing[0][0]
                 assert (i == 0) == (kind == "replace_obj")
                 assert new[i] not in {obj.key[i] for obj in scene.objects}
+
+
+def _named_attributes(caption: str) -> list[dict[str, str]]:
+    """The attributes each phrase of a caption names, e.g. [{"color": "red", "shape": "circle"}, ...]."""
+    phrases = []
+    for size, color, pattern, shape in PARTIAL_PHRASE.findall(caption):
+        named = {"size": size, "color": color, "pattern": pattern, "shape": "" if shape == "shape" else shape}
+        phrases.append({attribute: value for attribute, value in named.items() if value})
+    return phrases
+
+
+@pytest.mark.parametrize("part", ["test", "unseen"])
+def test_binding_probes_swap_exactly_the_named_pair(world_dir, part):
+    folder = world_dir / part
+    scenes = {
+        row["file_name"].removeprefix("images/"): Scene.from_dict(json.loads(row["scene"]))
+        for row in _rows(folder / "metadata.jsonl")
+    }
+    unseen = unseen_combinations(WorldConfig(), seed=0)
+    for swapped, kept in BINDING_PAIRS:
+        probes = _json(folder / "binding" / f"{swapped}_{kept}.json")
+        assert len(probes) >= 3, (swapped, kept)
+        for probe in probes.values():
+            scene = scenes[probe["filename"]]
+            assert (folder / "images" / probe["filename"]).is_file()
+            assert (probe["attribute"], probe["bound_to"]) == (swapped, kept)
+            positive, negative = _named_attributes(probe["caption"]), _named_attributes(probe["negative_caption"])
+            # Two objects, named by exactly the pair's attributes.
+            assert len(positive) == len(negative) == 2
+            assert all(set(phrase) == {swapped, kept} for phrase in positive + negative)
+            # The positive is true of two different objects; no phrase of the negative is true of any object.
+            combinations = [(obj.get(swapped), obj.get(kept)) for obj in scene.objects]
+            named = [(phrase[swapped], phrase[kept]) for phrase in positive]
+            assert all(pair in combinations for pair in named) and named[0] != named[1]
+            assert not any((phrase[swapped], phrase[kept]) in combinations for phrase in negative)
+            # The negative exchanges the swapped attribute between the two phrases and nothing else.
+            assert [phrase[kept] for phrase in negative] == [phrase[kept] for phrase in positive]
+            assert [phrase[swapped] for phrase in negative] == [phrase[swapped] for phrase in positive][::-1]
+            assert positive[0][swapped] != positive[1][swapped] and positive[0][kept] != positive[1][kept]
+            words, negative_words = probe["caption"].split(), probe["negative_caption"].split()
+            assert len(words) == len(negative_words) and Counter(words) == Counter(negative_words)
+            # Word by word, only the swapped values differ (and "a"/"an" before them).
+            differing = {(w, n) for w, n in zip(words, negative_words) if w != n} - {("a", "an"), ("an", "a")}
+            first, second = positive[0][swapped], positive[1][swapped]
+            assert differing == {(first, second), (second, first)}
+            if (swapped, kept) == ("color", "shape"):
+                # The unseen probes name a held-out pair (in the positive); the in-distribution ones never do.
+                assert bool(set(named) & unseen) == (part == "unseen")
+                if part == "test":
+                    assert not {(phrase["color"], phrase["shape"]) for phrase in negative} & unseen
 
 
 def test_unseen_combinations_are_held_out(world_dir):
@@ -253,6 +350,11 @@ def test_world_config_validation():
         WorldConfig(shapes=["circle", "hexagon"])
     with pytest.raises(ValueError):
         WorldConfig(min_objects=3, max_objects=2)
+    with pytest.raises(ValueError, match="multiple of cell_size"):
+        WorldConfig(image_size=50)
+    with pytest.raises(ValueError, match="placement"):
+        WorldConfig(placement="random")
+    assert WorldConfig(image_size=50, placement="free").image_size == 50
     assert replace(WorldConfig(), unseen_pairs=0).unseen_pairs == 0
 
 
@@ -262,8 +364,11 @@ def _all_texts(world_dir: Path) -> list[str]:
         for row in _rows(world_dir / part / "metadata.jsonl"):
             texts += [row["caption"], row.get("bow_caption", "")] + row.get("captions", [])
     for part in ("test", "unseen"):
-        for kind in PROBE_KINDS:
-            for probe in _json(world_dir / part / f"{kind}.json").values():
+        for path in [
+            *(world_dir / part / f"{kind}.json" for kind in PROBE_KINDS),
+            *(world_dir / part).glob("binding/*"),
+        ]:
+            for probe in _json(path).values():
                 texts += [probe["caption"], probe["negative_caption"]]
         for image in _json(world_dir / part / "retrieval.json")["images"]:
             texts += [sentence["raw"] for sentence in image["sentences"]]
@@ -339,7 +444,8 @@ def test_bag_of_words_solves_captions_but_not_swaps(world_dir):
     from modeling_concept_clip.shapes_world.analysis import bag_of_words_report
 
     report = bag_of_words_report(world_dir / "test")
-    assert report["swap_att"]["ties"] == 1.0
+    for kind in ("swap_att", "color_shape", "color_pattern", "color_size", "pattern_shape"):
+        assert report[kind]["ties"] == 1.0, kind
     assert report["caption_vs_random_scene"]["accuracy"] >= 0.95
     for kind in ("replace_att", "replace_obj", "add_obj"):
         assert report[kind]["accuracy"] == 1.0

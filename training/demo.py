@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shlex
 import subprocess
 import sys
@@ -43,11 +44,12 @@ STAGE_FILE = "demo_stage.json"
 # Bump when `save_world_checkpoint` changes what it writes (2: SigLIP starts at scale 10 and bias -10).
 INIT_VERSION = 2
 CURVES = {
-    "probes/swap": "swap-attribute (binding)",
-    "probes_unseen/swap": "swap-attribute, unseen pairs",
-    "probes/replace": "replace (attribute or shape)",
-    "probes/add": "add-object",
-    "zeroshot_pattern/top1": "zero-shot pattern",
+    "probes/swap_att": "swap-att (full captions)",
+    "binding/color_shape": "binding colour-shape",
+    "binding/color_pattern": "binding colour-pattern",
+    "binding/color_size": "binding colour-size",
+    "binding/pattern_shape": "binding pattern-shape",
+    "zeroshot_shape/top1": "zero-shot shape",
     "retrieval/i2t_R@1": "image-to-text R@1",
 }
 
@@ -220,9 +222,24 @@ def curve_points(logs: list[list[dict]], metric: str) -> list[tuple[int, float, 
     return points
 
 
-def plot_learning_curves(logs: dict[str, list[list[dict]]], path: Path, title: str | None = None) -> Path | None:
-    """Each probe against steps (top) and against training minutes (bottom), one line per model: the mean over
-    runs (the `train_log.jsonl` entries of each seed), with a band of one standard deviation when there are several."""
+def machine_description() -> str:
+    """The hardware the training stages run on (this machine), for the time axis and the result files: the GPU's
+    name, else the CPU cores available and torch's thread count (timings and, through the order of float sums, the
+    numbers themselves depend on both)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU, {cores} cores, {torch.get_num_threads()} torch threads"
+
+
+def plot_learning_curves(
+    logs: dict[str, list[list[dict]]], path: Path, title: str | None = None, machine: str | None = None
+) -> Path | None:
+    """Each probe (one row) against steps (left) and against training minutes (right), one line per model: the mean
+    over runs (the `train_log.jsonl` entries of each seed), with a band of one standard deviation when there are
+    several. `machine`: where the training ran, for the time axis (default: `machine_description()`)."""
     try:
         import matplotlib
 
@@ -235,26 +252,25 @@ def plot_learning_curves(logs: dict[str, list[list[dict]]], path: Path, title: s
     if not metrics:
         logger.warning("No evaluation during training (--eval_steps): no learning curves.")
         return None
-    figure, axes = plt.subplots(2, len(metrics), figsize=(3.2 * len(metrics), 6.2), squeeze=False)
-    for column, metric in enumerate(metrics):
+    machine = machine or machine_description()
+    figure, axes = plt.subplots(len(metrics), 2, figsize=(8, 2.3 * len(metrics) + 0.6), squeeze=False)
+    for row, metric in enumerate(metrics):
         for label, runs in logs.items():
             points = curve_points(runs, metric)
             if not points:
                 continue
             steps, minutes, means, stds = (list(values) for values in zip(*points))
-            for row, xs in ((0, steps), (1, minutes)):
+            for column, xs in ((0, steps), (1, minutes)):
                 line = axes[row][column].plot(xs, means, marker="o", markersize=3, label=label)[0]
                 if len(runs) > 1:
                     low = [m - s for m, s in zip(means, stds)]
                     high = [m + s for m, s in zip(means, stds)]
                     axes[row][column].fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
-        axes[0][column].set_title(CURVES[metric], fontsize=9)
-        axes[0][column].set_xlabel("optimizer steps")
-        axes[1][column].set_xlabel("training minutes (2 CPU cores)")
-        for row in (0, 1):
+        axes[row][0].set_ylabel(f"{CURVES[metric]} (%)", fontsize=8)
+        for column in (0, 1):
             axes[row][column].grid(alpha=0.3)
-    axes[0][0].set_ylabel("% (held-out)")
-    axes[1][0].set_ylabel("% (held-out)")
+    axes[-1][0].set_xlabel("optimizer steps")
+    axes[-1][1].set_xlabel(f"training minutes ({machine})", fontsize=8)
     axes[0][0].legend(fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
@@ -312,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     seconds = {label: read_log(folders[label])[-1]["train_seconds"] for label in ("control", "C2LIP")}
     print(
-        f"\nTraining time (evaluation excluded): control {seconds['control'] / 60:.1f} min, "
-        f"C2LIP {seconds['C2LIP'] / 60:.1f} min for the same steps."
+        f"\nTraining time (evaluation excluded; {machine_description()}): control {seconds['control'] / 60:.2f} min, "
+        f"C2LIP {seconds['C2LIP'] / 60:.2f} min for the same steps."
     )
     print(f"Models: {root / 'control'} and {root / 'c2lip'} (plain checkpoints with model cards)")
     if curves:

@@ -4,13 +4,14 @@ a closed-vocabulary tokenizer and tiny CLIP/SigLIP configurations that train on 
 
 from .captions import CAPTION_TEMPLATES, CaptionSpec, bow_caption, fill_template, object_phrase, sample_caption_spec
 from .generate import GENERATOR_VERSION, ZEROSHOT_TEMPLATES, GenerateArguments, generate_world, main, read_world_info
-from .probes import PROBE_KINDS, Probe, make_probe
+from .probes import BINDING_PAIRS, PROBE_KINDS, Probe, make_binding_probe, make_probe
 from .scenes import Scene, ShapeObject, render_scene, sample_scene, scene_rng, unseen_combinations
 from .vocabulary import ATTRIBUTES, BACKGROUNDS, PALETTE, PATTERNS, SHAPES, SIZES, WorldConfig
 
 __all__ = [
     "ATTRIBUTES",
     "BACKGROUNDS",
+    "BINDING_PAIRS",
     "CAPTION_TEMPLATES",
     "GENERATOR_VERSION",
     "PALETTE",
@@ -29,6 +30,7 @@ __all__ = [
     "fill_template",
     "generate_world",
     "main",
+    "make_binding_probe",
     "make_probe",
     "object_phrase",
     "read_world_info",

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .captions import background_phrase, object_phrase
+from .generate import BINDING_DIR
 from .probes import PROBE_KINDS
 from .scenes import Scene
 from .vocabulary import BACKGROUNDS, PALETTE, PATTERNS, SHAPES, SIZES
@@ -63,15 +64,17 @@ def _load_scenes(part_dir: Path) -> dict[str, Scene]:
 def bag_of_words_report(part_dir: str | Path, seed: int = 0) -> dict:
     """Score a held-out folder (`test/` or `unseen/`) with the bag-of-words scorer.
 
-    Returns, per probe kind: `accuracy` (positive strictly above negative, as SugarCrepe counts), `ties`, and
+    Returns, per probe kind (and binding pair, from `binding/`): `accuracy` (positive strictly above negative, as SugarCrepe counts), `ties`, and
     `accuracy_ties_half`; and `caption_vs_random_scene`: how often a caption scores its own scene strictly above a
     random other scene (ties reported separately).
     """
     part_dir = Path(part_dir)
     scenes = _load_scenes(part_dir)
     report: dict = {}
-    for kind in PROBE_KINDS:
-        with open(part_dir / f"{kind}.json", encoding="utf-8") as file:
+    files = {kind: part_dir / f"{kind}.json" for kind in PROBE_KINDS}
+    files.update({path.stem: path for path in sorted((part_dir / BINDING_DIR).glob("*.json"))})
+    for kind, path in files.items():
+        with open(path, encoding="utf-8") as file:
             probes = json.load(file)
         wins = ties = 0
         for probe in probes.values():

@@ -8,12 +8,13 @@ a caption are exactly its objects (and "a gray background" when the background i
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .scenes import Scene, ShapeObject
+from .vocabulary import ATTRIBUTES
 
 # `{all}`: every object joined by "and"; `{first}` / `{rest}`: the first object / the others joined by "and";
 # `{each}`: every object, joined by "and there is".
@@ -37,9 +38,12 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def object_phrase(obj: ShapeObject) -> str:
-    """The noun phrase of an object: size, colour, pattern, shape ("a big red striped circle")."""
-    words = obj.size, obj.color, obj.pattern, obj.shape
+def object_phrase(obj: ShapeObject, attributes: Collection[str] = ("size", "color", "pattern", "shape")) -> str:
+    """The noun phrase of an object naming `attributes`, in the order size, colour, pattern, shape: "a big red stripy
+    circle" (all), "a red circle" (colour and shape); without "shape" the noun is the word "shape" ("a big red shape").
+    """
+    words = [obj.get(attribute) for attribute in ATTRIBUTES if attribute in attributes]
+    words.append(obj.shape if "shape" in attributes else "shape")
     return f"{article(words[0])} {' '.join(words)}"
 
 
@@ -77,12 +81,18 @@ class CaptionSpec:
     order: tuple[int, ...]
     mention_background: bool
 
-    def render(self, scene: Scene, objects: Sequence[ShapeObject] | None = None) -> str:
-        """The caption of `scene`, or of `objects` (in caption order) on the scene's background."""
+    def render(
+        self,
+        scene: Scene,
+        objects: Sequence[ShapeObject] | None = None,
+        attributes: Collection[str] = ("size", "color", "pattern", "shape"),
+    ) -> str:
+        """The caption of `scene`, or of `objects` (in caption order) on the scene's background, naming `attributes`
+        of every object (see `object_phrase`)."""
         if objects is None:
             objects = [scene.objects[i] for i in self.order]
         background = scene.background if self.mention_background else None
-        return fill_template(self.template, [object_phrase(obj) for obj in objects], background)
+        return fill_template(self.template, [object_phrase(obj, attributes) for obj in objects], background)
 
 
 def sample_caption_spec(rng: np.random.Generator, scene: Scene, background_mention_prob: float) -> CaptionSpec:
@@ -102,14 +112,23 @@ def content_words(scene: Scene, spec: CaptionSpec | None = None) -> list[str]:
     return words
 
 
-def bow_caption(rng: np.random.Generator, scene: Scene, spec: CaptionSpec | None = None) -> str:
-    """Every word of the caption in a random order: what the caption says, with the binding of attributes to objects
-    thrown away (for pretraining a bag-of-words prior, like web alt-text that made CLIP a bag of words).
+def bow_caption(
+    rng: np.random.Generator, scene: Scene, spec: CaptionSpec | None = None, mention_prob: float = 1.0
+) -> str:
+    """Caption words in a random order: what the caption says, with the binding of attributes to objects thrown away
+    (for pretraining a bag-of-words prior, like web alt-text that made CLIP a bag of words).
 
     With `spec`, the words of `spec.render(scene)` (frame words and articles included, so that the prior's text tower
-    sees the same words as the real captions and transfers to them); without, the scene's content words.
+    sees the same words as the real captions and transfers to them), naming each attribute type (size, colour,
+    pattern) with probability `mention_prob` and always the shapes: captions that name less make every attribute
+    type, shape included, necessary to tell scenes apart (with every attribute named, colours and patterns alone
+    identify a scene in a batch, and a prior never learns to see shape). Without `spec`, the scene's content words.
     """
-    words = spec.render(scene).split() if spec is not None else content_words(scene)
+    if spec is None:
+        words = content_words(scene)
+    else:
+        named = [attribute for attribute in ATTRIBUTES if rng.random() < mention_prob]
+        words = spec.render(scene, attributes=[*named, "shape"]).split()
     return " ".join(words[i] for i in rng.permutation(len(words)))
 
 

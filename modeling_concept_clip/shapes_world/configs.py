@@ -43,8 +43,10 @@ def build_world_model_and_processor(
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """A freshly initialised `CLIPModel` or `SiglipModel` (float32) and its processor (PIL image backend, world
     tokenizer) for images of `world.image_size` pixels. `config_kwargs` go to `small_models.small_clip_config` /
-    `small_siglip_config` (width, layers, heads, patch_size, ...)."""
+    `small_siglip_config` (width, layers, heads, patch_size (default: the grid's `cell_size`), ...)."""
     world = world or WorldConfig()
+    if world.placement == "grid":  # patches on the world's cells: a shape shows the same patches wherever it is
+        config_kwargs.setdefault("patch_size", world.cell_size)
     return build_small_model_and_processor(
         model_type, build_world_tokenizer(), world.image_size, seed, **config_kwargs
     )

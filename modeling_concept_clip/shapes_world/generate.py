@@ -8,7 +8,8 @@ Layout (SugarCrepe-style `filename`s are relative to `images/`; Karpathy-style r
     <output_dir>/world.json                 generator version, seed, settings and counts of every part
     <output_dir>/train/                     imagefolder: metadata.jsonl + images/*.png (+ world.json)
     <output_dir>/test/                      held-out scenes: images/*.png, metadata.jsonl, swap_att.json,
-                                            replace_att.json, replace_obj.json, add_obj.json, retrieval.json
+                                            replace_att.json, replace_obj.json, add_obj.json, retrieval.json,
+                                            binding/<attribute>_<attribute>.json (filenames relative to images/)
     <output_dir>/zeroshot/                  zeroshot.json, one imagefolder per task (<task>/<class>/*.png) and
                                             its prompt templates (<task>_templates.json)
     <output_dir>/unseen/                    like test/, on scenes with a (colour, shape) pair held out of training
@@ -28,14 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from .captions import CaptionSpec, bow_caption, sample_caption_spec
-from .probes import PROBE_KINDS, make_probe
+from .probes import BINDING_PAIRS, PROBE_KINDS, binding_probe_name, make_binding_probe, make_probe
 from .scenes import Scene, render_scene, sample_scene, scene_rng, unseen_combinations
 from .vocabulary import WorldConfig
 
 logger = logging.getLogger(__name__)
 
 # Bump when a change of the code changes the generated data: a folder of another version is not reused.
-GENERATOR_VERSION = "2"  # 2: bag-of-words captions shuffle every caption word
+# 2: bag-of-words captions shuffle every caption word; 3: grid placement, binding probes per attribute pair,
+# bag-of-words captions name a random subset of the attribute types.
+GENERATOR_VERSION = "3"
 GENERATOR_NAME = "modeling_concept_clip.shapes_world"
 # Independent random streams: a scene of one part can never be a scene of another part.
 TRAIN_STREAM, TEST_STREAM, ZEROSHOT_STREAM, UNSEEN_STREAM = 0, 1, 2, 3
@@ -48,6 +51,7 @@ ZEROSHOT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "size": ("a photo of the {} shape", "a drawing of the {} shape", "the {} shape", "the shape is {}"),
 }
 PART_NAMES = ("train", "test", "zeroshot", "unseen")
+BINDING_DIR = "binding"  # the attribute-pair binding probes of a held-out part
 WORLD_FILE = "world.json"
 
 
@@ -98,7 +102,7 @@ def _train_item(ctx: _Context, index: int) -> dict:
     return {
         "file_name": file_name,
         "caption": spec.render(scene),
-        "bow_caption": bow_caption(rng, scene, spec),
+        "bow_caption": bow_caption(rng, scene, spec, ctx.world.bow_mention_prob),
         "scene": json.dumps(scene.to_dict()),
         "num_objects": len(scene.objects),
         "template": spec.template,
@@ -133,6 +137,8 @@ def _held_out_item(ctx: _Context, index: int, stream: int) -> dict:
         focus, forbidden = None, ctx.unseen
     specs = _distinct_specs(rng, scene, ctx.world, ctx.captions_per_image)
     probes = {kind: make_probe(kind, rng, scene, specs[0], ctx.world, forbidden, focus) for kind in PROBE_KINDS}
+    for pair in BINDING_PAIRS:
+        probes[binding_probe_name(pair)] = make_binding_probe(pair, rng, scene, ctx.world, forbidden, focus)
     file_name = _file_name(index)
     _save(render_scene(scene, ctx.world), ctx.part_dir / "images" / file_name)
     return {
@@ -192,7 +198,8 @@ def _write_held_out(part_dir: Path, world: WorldConfig, args: GenerateArguments,
     ctx = _Context(world, args.seed, part_dir, unseen_combinations(world, args.seed), args.captions_per_test_image)
     items = [_held_out_item(ctx, index, stream) for index in _progress(range(count), f"{part_dir.name} scenes")]
     counts = {"scenes": len(items)}
-    for kind in PROBE_KINDS:
+    (part_dir / BINDING_DIR).mkdir()
+    for kind in (*PROBE_KINDS, *map(binding_probe_name, BINDING_PAIRS)):
         probes = {}
         for index, item in enumerate(items):
             probe = item["probes"][kind]
@@ -203,7 +210,7 @@ def _write_held_out(part_dir: Path, world: WorldConfig, args: GenerateArguments,
                     "negative_caption": probe["negative_caption"],
                     **probe["change"],
                 }
-        _write_json(part_dir / f"{kind}.json", probes)
+        _write_json(part_dir / (f"{kind}.json" if kind in PROBE_KINDS else f"{BINDING_DIR}/{kind}.json"), probes)
         counts[kind] = len(probes)
     images, sentence_id = [], 0
     for index, item in enumerate(items):
@@ -312,6 +319,9 @@ def _file_index(parts: Iterable[str]) -> dict:
                 "imagefolder": part,
                 "retrieval": f"{part}/retrieval.json",
                 **{kind: f"{part}/{kind}.json" for kind in PROBE_KINDS},
+                "binding": {
+                    name: f"{part}/{BINDING_DIR}/{name}.json" for name in map(binding_probe_name, BINDING_PAIRS)
+                },
             }
     if "zeroshot" in parts:
         index["zeroshot"] = {

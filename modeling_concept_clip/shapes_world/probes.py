@@ -13,6 +13,13 @@ is the only difference between the two:
   (after the first object, so the words of the positive stay a subsequence of the negative).
 
 A negative never describes the same set of objects as the positive and never lists the same object twice.
+
+`swap_att` names every attribute of every object, so a model can reject a colour swap by binding colour to any of
+the other attributes it perceives. The binding probes (`make_binding_probe`, one file per pair of `BINDING_PAIRS`)
+isolate one pair: a short caption names two objects of the scene by those two attributes only ("a red circle and a
+blue square"), and the negative exchanges the first attribute between them ("a blue circle and a red square"). Both
+captions have the same words, and no object of the scene has either combination of the negative, so only the binding
+of that pair decides.
 """
 
 from __future__ import annotations
@@ -22,11 +29,18 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .captions import CaptionSpec, object_phrase
+from .captions import CAPTION_TEMPLATES, CaptionSpec, fill_template, object_phrase
 from .scenes import Scene, ShapeObject, sample_object
 from .vocabulary import ATTRIBUTES, WorldConfig
 
 PROBE_KINDS: tuple[str, ...] = ("swap_att", "replace_att", "replace_obj", "add_obj")
+# (swapped attribute, attribute it is bound to) of the binding probes; file `binding/<first>_<second>.json`.
+BINDING_PAIRS: tuple[tuple[str, str], ...] = (
+    ("color", "shape"),
+    ("color", "pattern"),
+    ("color", "size"),
+    ("pattern", "shape"),
+)
 
 
 @dataclass
@@ -130,3 +144,63 @@ def make_probe(
         return None
     _, objects, change = chosen
     return Probe(kind=kind, caption=caption, negative_caption=spec.render(scene, objects), change=change)
+
+
+def binding_probe_name(pair: tuple[str, str]) -> str:
+    """File stem (and metric name) of the binding probes of `pair`: "color_shape"."""
+    return "_".join(pair)
+
+
+def make_binding_probe(
+    pair: tuple[str, str],
+    rng: np.random.Generator,
+    scene: Scene,
+    world: WorldConfig,
+    forbidden: Collection[tuple[str, str]] = (),
+    focus: Collection[int] | None = None,
+) -> Probe | None:
+    """A short caption naming two objects of `scene` by the attributes of `pair` only, and its negative with the first
+    attribute exchanged between them; None if no two objects admit one.
+
+    Two objects qualify when they differ in both attributes and no object of the scene has either exchanged
+    combination (so each phrase of the negative is false of the image). Template and phrase order are random.
+
+    Args:
+        pair: (swapped attribute, attribute it stays with), e.g. `("color", "shape")`: "a red circle and a blue
+            square" against "a blue circle and a red square".
+        forbidden: (colour, shape) pairs that the negative may not name (held-out combinations).
+        focus: indices (into `scene.objects`) of which one object must be one of the two; None: any object.
+    """
+    swapped, kept = pair
+    if swapped == kept or not set(pair) <= {"shape", *ATTRIBUTES}:
+        raise ValueError(f"pair must be two different attributes of {('shape', *ATTRIBUTES)}, got {pair}.")
+    present = {(obj.get(swapped), obj.get(kept)) for obj in scene.objects}
+    candidates = []
+    for i, a in enumerate(scene.objects):
+        for j in range(i + 1, len(scene.objects)):
+            b = scene.objects[j]
+            if focus is not None and i not in focus and j not in focus:
+                continue
+            if a.get(swapped) == b.get(swapped) or a.get(kept) == b.get(kept):
+                continue
+            negative = [replace(a, **{swapped: b.get(swapped)}), replace(b, **{swapped: a.get(swapped)})]
+            if any((obj.get(swapped), obj.get(kept)) in present for obj in negative):
+                continue
+            if set(pair) == {"color", "shape"} and any((obj.color, obj.shape) in forbidden for obj in negative):
+                continue
+            candidates.append(((a, b), negative))
+    if not candidates:
+        return None
+    positive, negative = candidates[int(rng.integers(len(candidates)))]
+    order = rng.permutation(2)
+    template = int(rng.integers(len(CAPTION_TEMPLATES)))
+
+    def caption(objects: Sequence[ShapeObject]) -> str:
+        return fill_template(template, [object_phrase(objects[k], pair) for k in order])
+
+    return Probe(
+        kind=binding_probe_name(pair),
+        caption=caption(positive),
+        negative_caption=caption(negative),
+        change={"attribute": swapped, "bound_to": kept},
+    )

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .vocabulary import ATTRIBUTES, BACKGROUNDS, PALETTE, SIZES, WorldConfig
+from .vocabulary import ATTRIBUTES, BACKGROUNDS, GRID_SIZES, PALETTE, SIZES, WorldConfig
 
 # Pattern geometry in output pixels (independent of the object size, so a pattern reads the same on any object).
 STRIPE_PERIOD = 4.0
@@ -110,15 +110,28 @@ def sample_object(
 def place_objects(
     rng: np.random.Generator, world: WorldConfig, objects: list[ShapeObject]
 ) -> list[ShapeObject] | None:
-    """Give every object a bounding square inside the image, 1 pixel apart from the others; None if they do not fit."""
+    """Give every object a bounding square inside the image, at least 1 pixel apart from the others (2 on the grid);
+    None if they do not fit.
+
+    Grid placement: an object of `GRID_SIZES[size]` cells fills a block of whole cells less a 1-pixel margin, at a
+    random free block; free placement: any pixel position, side uniform in the `SIZES` range.
+    """
     size = world.image_size
-    sides = [round(float(rng.uniform(*SIZES[obj.size])) * size) for obj in objects]
+    if world.placement == "grid":
+        cell = world.cell_size
+        blocks = [GRID_SIZES[obj.size] for obj in objects]
+        sides = [block * cell - 2 for block in blocks]
+    else:
+        sides = [round(float(rng.uniform(*SIZES[obj.size])) * size) for obj in objects]
     placed: dict[int, ShapeObject] = {}
     # Largest first: the small ones fit in the gaps.
     for index in sorted(range(len(objects)), key=lambda i: -sides[i]):
         obj, side = objects[index], sides[index]
         for _ in range(MAX_PLACEMENT_TRIES):
-            x, y = (int(v) for v in rng.integers(1, size - side, size=2))
+            if world.placement == "grid":
+                x, y = (int(v) * cell + 1 for v in rng.integers(0, size // cell - blocks[index] + 1, size=2))
+            else:
+                x, y = (int(v) for v in rng.integers(1, size - side, size=2))
             if all(
                 x + side + 1 <= o.x or o.x + o.side + 1 <= x or y + side + 1 <= o.y or o.y + o.side + 1 <= y
                 for o in placed.values()

@@ -20,8 +20,11 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 # Neutral backgrounds: never an object colour, so "a red ..." can only refer to an object.
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"black": (0, 0, 0), "gray": (110, 110, 110), "white": (245, 245, 245)}
-# Side of an object's bounding square, as a fraction of the image side (uniform in the range).
+# Free placement: side of an object's bounding square, as a fraction of the image side (uniform in the range).
 SIZES: dict[str, tuple[float, float]] = {"small": (0.22, 0.26), "big": (0.34, 0.4)}
+# Grid placement: side of an object's cell block, in grid cells (the object is drawn 1 pixel inside the block).
+GRID_SIZES: dict[str, int] = {"small": 2, "big": 3}
+PLACEMENTS: tuple[str, ...] = ("grid", "free")
 PATTERNS: tuple[str, ...] = ("solid", "stripy", "dotted", "hollow")
 
 
@@ -34,6 +37,15 @@ class WorldConfig:
     """
 
     image_size: int = field(default=48, metadata={"help": "Side of the square images in pixels."})
+    placement: str = field(
+        default="grid",
+        metadata={
+            "help": "'grid': objects cover whole cells of a `cell_size` grid (the ViT's patches when `cell_size` is "
+            "the patch size), so a shape has the same pixels wherever it is; 'free': any position, sides in the "
+            "`SIZES` range (a tiny ViT does not learn shape from free placement in a CPU budget)."
+        },
+    )
+    cell_size: int = field(default=8, metadata={"help": "Grid placement: cell side in pixels (the patch size)."})
     min_objects: int = field(default=2, metadata={"help": "Fewest objects in a scene."})
     max_objects: int = field(default=4, metadata={"help": "Most objects in a scene."})
     shapes: list[str] = field(default_factory=lambda: list(SHAPES), metadata={"help": "Shape names."})
@@ -43,6 +55,14 @@ class WorldConfig:
     backgrounds: list[str] = field(default_factory=lambda: list(BACKGROUNDS), metadata={"help": "Background colours."})
     background_mention_prob: float = field(
         default=0.5, metadata={"help": "Probability that a caption names the background ('on a gray background')."}
+    )
+    bow_mention_prob: float = field(
+        default=0.5,
+        metadata={
+            "help": "Probability that a bag-of-words caption (`bow_caption`, the prior's training text) names each "
+            "attribute type (size, colour, pattern) of its objects; shapes are always named. 1: every word of the "
+            "caption."
+        },
     )
     unseen_pairs: int = field(
         default=4,
@@ -71,6 +91,16 @@ class WorldConfig:
             raise ValueError("unseen_pairs must leave every colour and every shape at least one seen combination.")
         if self.image_size < 32:
             raise ValueError("Patterns are not legible below 32 pixels.")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}.")
+        if self.placement == "grid" and (
+            self.image_size % self.cell_size
+            or max(GRID_SIZES[size] for size in self.sizes) * self.cell_size > self.image_size
+        ):
+            raise ValueError(
+                f"Grid placement needs image_size ({self.image_size}) to be a multiple of cell_size "
+                f"({self.cell_size}) and at least {max(GRID_SIZES.values())} cells."
+            )
 
     def values(self, attribute: str) -> list[str]:
         """The values of `attribute` ("shape", "color", "size" or "pattern") in this world."""
