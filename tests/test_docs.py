@@ -28,8 +28,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md"]
 PYTHON = {"python", "python3", ".venv/bin/python"}
-# Commands of other tools (installers, git, the Hub CLI): their paths are checked, their flags are not.
-NOT_OURS = {"pip", "git", "cd", "hf", "huggingface-cli", "export", "tensorboard", "nvidia-smi"}
+# Commands of other tools (installers, git, the Hub CLI, img2dataset, SLURM): their paths are checked, their flags
+# are not.
+NOT_OURS = {"pip", "git", "cd", "hf", "huggingface-cli", "export", "tensorboard", "nvidia-smi", "img2dataset",
+            "sbatch"}  # fmt: skip
 NOT_OUR_MODULES = {"pip", "spacy"}
 # Scripts that pass the arguments after `--` on to another tool.
 PASS_THROUGH = {"examples/train_on_own_data.py": "training/train.py"}
@@ -196,7 +198,8 @@ def check_command(argv: list[str]) -> None:
         assert args[:1] == ["launch"], "only `accelerate launch` is checked"
         if len(args) > 1:  # more than the tool's name
             launch, _, _ = run_until_parsed(["entry", ACCELERATE_LAUNCH], args[1:])
-            check_command(["python", launch.training_script, *launch.training_script_args])
+            script = ["-m", launch.training_script] if launch.module else [launch.training_script]  # -m package
+            check_command(["python", *script, *launch.training_script_args])
     elif program in console_scripts():
         run_until_parsed(["entry", console_scripts()[program]], args)
     elif program in PYTHON:
