@@ -14,8 +14,9 @@ import torch or the benchmark code.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 
 _EXPORTS = {
     "aro": ["OrderConfig", "VGAttributionConfig", "VGRelationConfig"],
@@ -103,13 +104,4 @@ if TYPE_CHECKING:
     from .zeroshot import ZeroShotConfig
 
 
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _MODULE_OF, globals())
