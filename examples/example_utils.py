@@ -15,8 +15,8 @@ from modeling_concept_clip.shapes_world.vocabulary import WorldConfig
 DEFAULT_MODEL = "outputs/demo/c2lip"
 
 # The default test image: a scene of the demo's shapes world, drawn by its own renderer (48 pixels), whose two objects
-# differ in size, colour and pattern. The demo model is asked only about those: its vision tower does not perceive
-# shape (zero-shot shape at chance), so "which shape is red" is not a question it can answer.
+# differ in size, colour and pattern, asked with the demo's full captions. Short colour-shape questions ("a red circle
+# and a blue square") are what the binding probes measure over 1,000 held-out scenes; one image can go either way.
 SCENE = Scene(
     objects=(
         ShapeObject("circle", "red", "big", "stripy", x=3, y=14, side=18),  # left half
@@ -37,6 +37,7 @@ SCENE_CAPTIONS = [
 EVIDENCE = {
     ("probes", "swap_att"): "held-out captions vs the same words with an attribute swapped (chance 50%)",
     ("probes_unseen", "swap_att"): "the same on colour-shape pairs never seen in training (chance 50%)",
+    ("binding", "color_shape"): "short captions, colours swapped between two shapes (chance 50%)",
     ("zeroshot_shape", "top1"): "zero-shot shape of single objects (chance 16.7%)",
     ("zeroshot_size", "top1"): "zero-shot size of single objects (chance 50%)",
     ("zeroshot_pattern", "top1"): "zero-shot pattern of single objects (chance 25%)",

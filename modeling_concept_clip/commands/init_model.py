@@ -5,10 +5,10 @@
 
 The folder holds a randomly initialised plain `CLIPModel`/`SiglipModel` (safetensors), its config, a word-level
 CLIP-format tokenizer whose vocabulary is the words of your captions (every word one token, most frequent first up
-to `--max_words`; other text is spelt out letter by letter) and a PIL image processor. `training/train.py` takes it
+to `--max_words`; other text is spelt out letter by letter) and a PIL image processor. `concept-clip-train` takes it
 as `--model_name_or_path DIR` (start from these weights) or as `--config_name DIR --processor_name DIR` (a fresh
-initialisation with the training seed). The data flags are those of `training/train.py`, so the same flags name
-the same data in both commands.
+initialisation with the training seed). The data flags are those of `concept-clip-train`, so the same flags name the
+same data in both commands.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def write_small_model(args: InitArguments) -> Path:
         f"-token vocabulary with {len(words):,} of the {len(counts):,} distinct words of {len(captions):,} captions"
         + (f" ({skipped:,} rows without a caption skipped)" if skipped else "")
         + ".\nTrain it: "
-        + shlex.join(["python", "-m", "training.train", "--model_name_or_path", str(output_dir), *args.data_flags()])
+        + shlex.join(["concept-clip-train", "--model_name_or_path", str(output_dir), *args.data_flags()])
         + " --output_dir OUTPUT_DIR"
     )
     return output_dir
