@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         base += ["--max_train_steps", str(args.steps)] if args.steps else []
         for variant in order:
             recipe, flags, _ = VARIANTS[variant]
-            extra = base + flags + ([] if variant in args.curve_variants else ["--eval_steps", "0"])
+            extra = base + flags + ([] if variant in args.curve_variants else ["--eval_steps", "none"])
             if variant == "control_equal_time":
                 if equal_steps is None:
                     if not {"control", "c2lip"} <= set(args.variants):

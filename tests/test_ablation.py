@@ -63,12 +63,17 @@ def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):
     results_dir = root / "results"
     committed = {path: path.stat().st_mtime_ns for path in (ablation.ROOT / "benchmarks" / "results").iterdir()}
     argv = ["--world_dir", str(world), "--output_dir", str(root)]
-    argv += ["--seeds", "0", "1", "--variants", "control", "c2lip", "--steps", "2", "--prior_steps", "2"]
+    # npc_only is not a curve variant: it trains without evaluation during training (the recipe's eval_steps off).
+    argv += ["--seeds", "0", "1", "--variants", "control", "c2lip", "npc_only", "--steps", "2", "--prior_steps", "2"]
     argv += ["--batch_size", "16", "--name", "tiny"]
     assert ablation.main(argv) == 0
 
     payload = json.loads((results_dir / "tiny.json").read_text())
-    assert set(payload["runs"]) == {"prior", "control", "c2lip"}
+    assert set(payload["runs"]) == {"prior", "control", "c2lip", "npc_only"}
+    for seed in (0, 1):
+        npc_only = json.loads((root / f"seed{seed}" / "npc_only" / "training_args.json").read_text())
+        assert npc_only["training"]["eval_steps"] is None and npc_only["concept"]["xac_weight"] == 0
+        assert payload["runs"]["npc_only"][str(seed)]["steps"] == 2
     for variant in ("control", "c2lip"):
         for seed in (0, 1):
             expected = load_runs(root / f"seed{seed}" / variant / "results.json")[-1].flat_metrics()
