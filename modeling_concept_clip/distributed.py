@@ -3,6 +3,7 @@
 `accelerator.gather` carries no gradient, so contrastive losses gather with `_AllGatherWithGrad`, whose backward
 sends every process the sum of the gradients that all processes' losses send to its rows (an all-reduce: every
 backend has it, unlike reduce-scatter, and the gathered embeddings are small next to the model's gradients).
+Sums over processes (`all_reduce_sum`) are differentiable the same way (`torch.distributed.nn.functional`).
 Concept batches are ragged (each process has its own number of concepts, possibly zero), so rows are padded to
 the largest count before the gather and the padding is dropped afterwards.
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 _HOST_GROUPS: dict = {}
 
@@ -160,11 +162,37 @@ def all_gather_rows(tensor: torch.Tensor, sizes: list[int], with_grad: bool) -> 
     return torch.cat([piece[:rows] for piece, rows in zip(pieces, sizes)])
 
 
+def all_reduce_sum(tensor: torch.Tensor, world_size: int, with_grad: bool) -> torch.Tensor:
+    """The sum of every process's `tensor` (same shape on every process); `tensor` itself when `world_size == 1`.
+
+    With `with_grad`, differentiable: the backward pass sends every process the sum of the gradients of all
+    processes' outputs (an all-reduce that every process runs at the same point of its backward pass).
+    """
+    if world_size == 1:
+        return tensor
+    if with_grad:
+        return dist_nn.all_reduce(tensor)
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The elementwise maximum of every process's `tensor` (no gradient); `tensor` itself when `world_size == 1`."""
+    if world_size == 1:
+        return tensor
+    tensor = tensor.detach().clone()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 __all__ = [
     "EncodingPlan",
     "all_gather_host_lists",
     "all_gather_rows",
     "all_gather_sizes",
+    "all_reduce_max",
+    "all_reduce_sum",
     "plan_distinct_encoding",
     "to_device_async",
     "world_size_and_rank",
