@@ -411,9 +411,7 @@ def _softmax_concept_shares(batch: _GlobalBatch, logits: torch.Tensor, positives
     rows = batch.local_concepts
     concept_to_images = shift[:, rows] + torch.log(exp_sums) - positive_logits / num_positives.clamp_min(1)
     concept_to_images = concept_to_images * (num_positives > 0)  # a row without positives gives exactly 0
-    return 0.5 * (
-        concept_to_images.sum(-1) / num_concepts + image_to_concepts.sum(-1) / num_images_with_concepts
-    )
+    return 0.5 * (concept_to_images.sum(-1) / num_concepts + image_to_concepts.sum(-1) / num_images_with_concepts)
 
 
 def c2lip_losses(
