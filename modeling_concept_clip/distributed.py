@@ -14,6 +14,7 @@ The row counts themselves are host integers (tensor shapes): `all_gather_sizes` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,14 +30,29 @@ def world_size_and_rank() -> tuple[int, int]:
     return 1, 0
 
 
-def _host_group():
+def host_group(timeout: timedelta | None = None):
     """A process group that moves CPU tensors: the default one when its backend is gloo (alone or for CPU tensors,
-    as in `"cpu:gloo,cuda:nccl"`), else a gloo group over the same processes, created once (collectively)."""
+    as in `"cpu:gloo,cuda:nccl"`), else a gloo group over the same processes, created once, collectively, by the
+    first call (the training loop's, with `--ddp_timeout` as `timeout`; `None`: torch's default timeout).
+
+    Gloo finds its own network address from the host name, which on many clusters resolves to 127.0.0.1; when the
+    group cannot be created, the error says how to name the network interface (`GLOO_SOCKET_IFNAME`).
+    """
     default = dist.group.WORLD
-    if "gloo" in str(dist.get_backend(default)):
+    backend = str(dist.get_backend(default))
+    if "gloo" in backend:
         return default
     if default not in _HOST_GROUPS:
-        _HOST_GROUPS[default] = dist.new_group(backend="gloo")
+        try:
+            _HOST_GROUPS[default] = dist.new_group(backend="gloo", timeout=timeout)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"Could not create the CPU (gloo) process group that runs next to {backend} (for batch sizes and "
+                f"step bookkeeping): {error}. Gloo takes its network address from the host name, which on many "
+                "clusters resolves to 127.0.0.1 and cannot reach the other machines: set GLOO_SOCKET_IFNAME to the "
+                "network interface that connects them (the one NCCL uses; `ip -brief address` lists them), e.g. "
+                "`export GLOO_SOCKET_IFNAME=eth0` on every machine before `accelerate launch`."
+            ) from error
     return _HOST_GROUPS[default]
 
 
@@ -50,7 +66,7 @@ def all_gather_sizes(sizes: tuple[int, ...], world_size: int) -> list[tuple[int,
         return [tuple(sizes)]
     local = torch.tensor(sizes, dtype=torch.long)
     gathered = [torch.empty_like(local) for _ in range(world_size)]
-    dist.all_gather(gathered, local, group=_host_group())
+    dist.all_gather(gathered, local, group=host_group())
     return [tuple(piece.tolist()) for piece in gathered]
 
 
@@ -62,7 +78,7 @@ def all_gather_host_lists(values: list[int], world_size: int) -> list[list[int]]
     local = torch.zeros(max(lengths), dtype=torch.long)
     local[: len(values)] = torch.tensor(values, dtype=torch.long)
     gathered = [torch.empty_like(local) for _ in range(world_size)]
-    dist.all_gather(gathered, local, group=_host_group())
+    dist.all_gather(gathered, local, group=host_group())
     return [piece[:n].tolist() for piece, n in zip(gathered, lengths)]
 
 
@@ -193,6 +209,7 @@ __all__ = [
     "all_gather_sizes",
     "all_reduce_max",
     "all_reduce_sum",
+    "host_group",
     "plan_distinct_encoding",
     "to_device_async",
     "world_size_and_rank",
