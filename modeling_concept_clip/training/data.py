@@ -112,9 +112,9 @@ class _StreamBatches(torch.utils.data.IterableDataset):
 
     A data loader takes one batch from each worker in turn, passing over the workers whose part has run out, so
     which worker made the i-th batch depends on where each part ends. A resumed run gets the number of batches each
-    worker had made (`skip`): each worker skips its own, and the workers that had made one more batch than the
-    others, i.e. had already had their turn in the interrupted round, first give an empty batch, which
-    `Loaders.train_batches` drops, so that the turn goes on to the worker whose batch was next.
+    worker had made (`skip`): each worker skips its own, and the workers that had made the most (those that had had
+    their turn in the interrupted round, or had run out) first give an empty batch, which `Loaders.train_batches`
+    drops, so that the turn goes on to the worker whose batch was next.
     """
 
     def __init__(self, stream: IterableDataset, batch_size: int, skip: list[int]):
@@ -173,9 +173,8 @@ class Loaders:
     def train_batches(self, state: TrainState) -> Iterable[dict[str, Any]]:
         """This process's batches of epoch `state.epoch`, after those read before a resume (`state.batches_in_epoch`;
         of a stream: each data-loader worker's, `state.stream_worker_batches`)."""
-        self.train.set_epoch(
-            state.epoch
-        )  # the sampler, or the stream's shard order and buffer, shuffle with seed + epoch
+        # The sampler, or the stream's shard order and buffer, shuffle with seed + epoch.
+        self.train.set_epoch(state.epoch)
         skip_batches = state.batches_in_epoch
         if not self.streaming:
             return self.accelerator.skip_first_batches(self.train, skip_batches) if skip_batches else self.train
