@@ -153,7 +153,8 @@ WORKER_SHARDS = [10, 2, 2, 10]  # per process 2 files, one per worker: with seed
 def stream_runs(root: Path) -> list[dict]:
     """9 steps of a parquet stream in 5 shards (6, 6, 4, 5 and 3 rows, 2 of them without concepts), batches of 2 per
     process, a checkpoint at step 4 (mid-epoch); then the run resumed from it. The same with 2 data-loader workers
-    per process over 4 shards of uneven sizes (24 rows), a checkpoint at step 3, after some worker has run out."""
+    per process over 4 shards of uneven sizes (24 rows), 6 steps (one epoch) with a
+    checkpoint at step 3, after some worker has run out."""
     rows = make_rows(24)
     rows[3]["concepts"] = rows[17]["concepts"] = []
     data = write_shards(root / "stream", rows, STREAM_SHARDS)
@@ -162,7 +163,7 @@ def stream_runs(root: Path) -> list[dict]:
     flags += ["--checkpointing_steps", "4", "--checkpoints_total_limit", "3"]
     resumed = flags + ["--resume_from_checkpoint", str(root / "stream-out" / "checkpoints" / "checkpoint-4")]
     workers_data = write_shards(root / "stream-workers", make_rows(24, seed=1), WORKER_SHARDS)
-    workers = common_flags(str(root / "clip"), root / "workers-out", steps=8, batch=2) + as_flags(workers_data)
+    workers = common_flags(str(root / "clip"), root / "workers-out", steps=6, batch=2) + as_flags(workers_data)
     workers += ["--streaming", "true", "--shuffle_buffer_size", "3", "--dataloader_num_workers", "2"]
     workers += ["--checkpointing_steps", "3"]
     workers_resumed = workers + ["--resume_from_checkpoint", str(root / "workers-out" / "checkpoints" / "checkpoint-3")]  # fmt: skip
