@@ -3,6 +3,7 @@
 `accelerator.gather` carries no gradient, so contrastive losses gather with `_AllGatherWithGrad`, whose backward
 sends every process the sum of the gradients that all processes' losses send to its rows (an all-reduce: every
 backend has it, unlike reduce-scatter, and the gathered embeddings are small next to the model's gradients).
+Sums over processes (`all_reduce_sum`) are differentiable the same way (`torch.distributed.nn.functional`).
 Concept batches are ragged (each process has its own number of concepts, possibly zero), so rows are padded to
 the largest count before the gather and the padding is dropped afterwards.
 
@@ -13,9 +14,11 @@ The row counts themselves are host integers (tensor shapes): `all_gather_sizes` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 _HOST_GROUPS: dict = {}
 
@@ -27,14 +30,29 @@ def world_size_and_rank() -> tuple[int, int]:
     return 1, 0
 
 
-def _host_group():
+def host_group(timeout: timedelta | None = None):
     """A process group that moves CPU tensors: the default one when its backend is gloo (alone or for CPU tensors,
-    as in `"cpu:gloo,cuda:nccl"`), else a gloo group over the same processes, created once (collectively)."""
+    as in `"cpu:gloo,cuda:nccl"`), else a gloo group over the same processes, created once, collectively, by the
+    first call (the training loop's, with `--ddp_timeout` as `timeout`; `None`: torch's default timeout).
+
+    Gloo finds its own network address from the host name, which on many clusters resolves to 127.0.0.1; when the
+    group cannot be created, the error says how to name the network interface (`GLOO_SOCKET_IFNAME`).
+    """
     default = dist.group.WORLD
-    if "gloo" in str(dist.get_backend(default)):
+    backend = str(dist.get_backend(default))
+    if "gloo" in backend:
         return default
     if default not in _HOST_GROUPS:
-        _HOST_GROUPS[default] = dist.new_group(backend="gloo")
+        try:
+            _HOST_GROUPS[default] = dist.new_group(backend="gloo", timeout=timeout)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"Could not create the CPU (gloo) process group that runs next to {backend} (for batch sizes and "
+                f"step bookkeeping): {error}. Gloo takes its network address from the host name, which on many "
+                "clusters resolves to 127.0.0.1 and cannot reach the other machines: set GLOO_SOCKET_IFNAME to the "
+                "network interface that connects them (the one NCCL uses; `ip -brief address` lists them), e.g. "
+                "`export GLOO_SOCKET_IFNAME=eth0` on every machine before `accelerate launch`."
+            ) from error
     return _HOST_GROUPS[default]
 
 
@@ -48,7 +66,7 @@ def all_gather_sizes(sizes: tuple[int, ...], world_size: int) -> list[tuple[int,
         return [tuple(sizes)]
     local = torch.tensor(sizes, dtype=torch.long)
     gathered = [torch.empty_like(local) for _ in range(world_size)]
-    dist.all_gather(gathered, local, group=_host_group())
+    dist.all_gather(gathered, local, group=host_group())
     return [tuple(piece.tolist()) for piece in gathered]
 
 
@@ -60,7 +78,7 @@ def all_gather_host_lists(values: list[int], world_size: int) -> list[list[int]]
     local = torch.zeros(max(lengths), dtype=torch.long)
     local[: len(values)] = torch.tensor(values, dtype=torch.long)
     gathered = [torch.empty_like(local) for _ in range(world_size)]
-    dist.all_gather(gathered, local, group=_host_group())
+    dist.all_gather(gathered, local, group=host_group())
     return [piece[:n].tolist() for piece, n in zip(gathered, lengths)]
 
 
@@ -160,11 +178,38 @@ def all_gather_rows(tensor: torch.Tensor, sizes: list[int], with_grad: bool) -> 
     return torch.cat([piece[:rows] for piece, rows in zip(pieces, sizes)])
 
 
+def all_reduce_sum(tensor: torch.Tensor, world_size: int, with_grad: bool) -> torch.Tensor:
+    """The sum of every process's `tensor` (same shape on every process); `tensor` itself when `world_size == 1`.
+
+    With `with_grad`, differentiable: the backward pass sends every process the sum of the gradients of all
+    processes' outputs (an all-reduce that every process runs at the same point of its backward pass).
+    """
+    if world_size == 1:
+        return tensor
+    if with_grad:
+        return dist_nn.all_reduce(tensor)
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The elementwise maximum of every process's `tensor` (no gradient); `tensor` itself when `world_size == 1`."""
+    if world_size == 1:
+        return tensor
+    tensor = tensor.detach().clone()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 __all__ = [
     "EncodingPlan",
     "all_gather_host_lists",
     "all_gather_rows",
     "all_gather_sizes",
+    "all_reduce_max",
+    "all_reduce_sum",
+    "host_group",
     "plan_distinct_encoding",
     "to_device_async",
     "world_size_and_rank",

@@ -31,7 +31,9 @@ Distributed
 -----------
 `world_size` and `rank` are arguments (the model passes those of the default process group). With more than one
 process, each computes the loss terms of its own images (columns) against the concepts and captions of all
-processes (one differentiable all-gather), and, for the softmax form, the rows of its own concepts. Each returned
+processes (one differentiable all-gather), and, for the softmax form, the rows of its own concepts (from per-concept
+sums over each process's images: one all-reduce of a few values per concept). No process holds a tensor of all
+concepts by all images of the global batch, so memory grows linearly with the number of processes. Each returned
 value is this process's share of the global batch's loss times `world_size`: their mean over processes (what DDP
 does to gradients, and `accelerator.gather(loss).mean()` to logs) is the loss of the single-process run on the
 concatenated batch, and so are the averaged gradients (the all-gather's backward sums them across processes).
@@ -52,7 +54,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .distributed import all_gather_rows, all_gather_sizes
+from .distributed import all_gather_rows, all_gather_sizes, all_reduce_max, all_reduce_sum
 from .pooling import concept_attention_scores
 
 LossForm = Literal["sigmoid", "softmax"]
@@ -169,18 +171,47 @@ def concept_positive_mask(
     Returns:
         `torch.BoolTensor` of shape `(num_concepts, num_images)`.
     """
-    images = torch.arange(num_images, device=concept_image_index.device)
-    owner = concept_image_index[:, None] == images[None, :]
-    if mode == "owner":
-        return owner
-    if mode != "shared":
+    if mode not in ("owner", "shared"):
         raise ValueError(f"mode must be 'owner' or 'shared', got {mode!r}.")
-    if concept_ids is None:
+    if mode == "shared" and concept_ids is None:
         raise ValueError("concept_positives='shared' needs concept_ids (an integer identity per concept text).")
-    # Image m is a positive of concept n when m owns some concept with n's identity.
+    every_concept = slice(0, concept_image_index.shape[0])
+    return _positive_block(concept_image_index, concept_ids, every_concept, slice(0, num_images), mode)
+
+
+def _positive_block(
+    concept_image_index: torch.Tensor,
+    concept_ids: torch.Tensor | None,
+    concepts: slice,
+    images: slice,
+    mode: ConceptPositives,
+) -> torch.Tensor:
+    """`concept_positive_mask(...)[concepts, images]`, made without the whole mask (whose size grows with the
+    square of the global batch).
+
+    Returns:
+        `torch.BoolTensor` of shape `(len(concepts), len(images))`.
+    """
+    device = concept_image_index.device
+    columns = torch.arange(images.start, images.stop, device=device)
+    rows = concept_image_index[concepts]
+    if mode == "owner":
+        return rows[:, None] == columns[None, :]
+    # Image m is a positive of concept n when m owns some concept with n's identity. Each row's identity gets a slot
+    # (rows of one identity share one, any of them), every concept owned by an image of the block adds a count to
+    # its identity's slot and image, and each row reads its slot; concepts of other identities or images go to a
+    # spare slot.
+    num_rows, num_columns = rows.shape[0], columns.shape[0]
     identity = _dense_identity(concept_ids)
-    owns_identity = torch.zeros(owner.shape, device=owner.device).index_add_(0, identity, owner.float())
-    return owns_identity[identity] > 0
+    slot = torch.full_like(identity, num_rows)
+    slot[identity[concepts]] = torch.arange(num_rows, device=device)
+    in_block = (concept_image_index >= images.start) & (concept_image_index < images.stop)
+    target = torch.where(in_block, slot[identity], num_rows)
+    column = (concept_image_index - images.start).clamp(0, max(num_columns - 1, 0))
+    owned = torch.zeros(num_rows + 1, num_columns, device=device)
+    if num_columns:
+        owned.index_put_((target, column), torch.ones_like(target, dtype=owned.dtype), accumulate=True)
+    return owned[slot[identity[concepts]]] > 0
 
 
 def concept_ids_from_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -319,8 +350,9 @@ def _concept_terms(
     config: ConceptLossConfig,
 ) -> dict[str, torch.Tensor]:
     """This process's share of NPC and XAC (the terms with a weight > 0): all concepts against its images."""
-    positives = concept_positive_mask(
-        batch.concept_image_index, batch.texts.shape[0], batch.concept_ids, config.concept_positives
+    every_concept = slice(0, batch.concepts.shape[0])
+    positives = _positive_block(  # (num_concepts, num_local_images)
+        batch.concept_image_index, batch.concept_ids, every_concept, batch.local_images, config.concept_positives
     )
     scores = {}  # (num_concepts, num_local_images) per term
     if config.npc_weight > 0:
@@ -331,7 +363,6 @@ def _concept_terms(
         return {}
     logits = logit_scale * torch.stack(list(scores.values()))  # (num_terms, num_concepts, num_local_images)
     if loss_form == "sigmoid":
-        positives = positives[:, batch.local_images]
         shares = [sigmoid_loss_sum(block + logit_bias, positives) / batch.concepts.shape[0] for block in logits]
         return dict(zip(scores, shares))
     return dict(zip(scores, _softmax_concept_shares(batch, logits, positives).unbind()))
@@ -340,25 +371,47 @@ def _concept_terms(
 def _softmax_concept_shares(batch: _GlobalBatch, logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """Symmetric multi-positive InfoNCE shares for this process's image columns and concept rows.
 
+    The concept -> images cross-entropy of concept n is `log sum_m exp(l_nm) - sum_m t_nm l_nm` over the images of
+    all processes. Both sums split over processes, so each process sums its own image columns for every concept,
+    and one all-reduce of these `(2 * num_terms + 1, num_concepts)` sums (the exponentials shifted by each row's
+    global maximum, from an all-reduce of the column maxima) gives every process the rows of its concepts. Nothing
+    of size concepts x images crosses processes: memory and traffic grow linearly with the number of processes.
+
     Args:
         logits (`torch.Tensor` of shape `(num_terms, num_concepts, num_local_images)`): all concepts against this
             process's images, one slice per loss term.
-        positives (`torch.BoolTensor` of shape `(num_concepts, num_images)`): the global positive mask.
+        positives (`torch.BoolTensor` of shape `(num_concepts, num_local_images)`): the positive mask's columns of
+            this process's images.
 
     Returns:
         `torch.Tensor` of shape `(num_terms,)`.
     """
+    num_terms, num_concepts = logits.shape[:2]
     # image -> concepts: this process's images over all concepts; an image without concepts adds exactly 0.
-    image_to_concepts = soft_target_cross_entropy(logits.transpose(1, 2), positives[:, batch.local_images].T)
-    num_images_with_concepts = positives.any(0).sum().clamp_min(1)
-    # concept -> images: this process's concepts over all processes' images. One gather for all terms, so that
-    # every process runs the same collectives in the same order in the backward pass.
-    all_logits = all_gather_rows(logits.permute(2, 0, 1), batch.image_counts, with_grad=True).permute(1, 2, 0)
-    rows = batch.local_concepts
-    concept_to_images = soft_target_cross_entropy(all_logits[:, rows], positives[rows])
-    return 0.5 * (
-        concept_to_images.sum(-1) / batch.concepts.shape[0] + image_to_concepts.sum(-1) / num_images_with_concepts
+    image_to_concepts = soft_target_cross_entropy(logits.transpose(1, 2), positives.T)
+    num_images = sum(batch.image_counts)
+    has_concepts = torch.zeros(num_images, device=logits.device).index_fill_(0, batch.concept_image_index, 1.0)
+    num_images_with_concepts = has_concepts.sum().clamp_min(1)
+    # concept -> images: the sums over this process's images, then over all processes.
+    targets = positives.to(logits.dtype)
+    if logits.shape[-1]:
+        shift = logits.detach().amax(-1)
+    else:  # no images on this process
+        shift = logits.new_full((num_terms, num_concepts), float("-inf"))
+    shift = all_reduce_max(shift, len(batch.image_counts))  # (num_terms, num_concepts); no gradient needed
+    sums = torch.cat(
+        [
+            (logits * targets).sum(-1),  # sum over positives of the logits
+            torch.exp(logits - shift[..., None]).sum(-1),  # the softmax's denominator, shifted
+            targets.sum(-1)[None],  # number of positives
+        ]
     )
+    sums = all_reduce_sum(sums, len(batch.image_counts), with_grad=True)[:, batch.local_concepts]
+    positive_logits, exp_sums, num_positives = sums[:num_terms], sums[num_terms:-1], sums[-1]
+    rows = batch.local_concepts
+    concept_to_images = shift[:, rows] + torch.log(exp_sums) - positive_logits / num_positives.clamp_min(1)
+    concept_to_images = concept_to_images * (num_positives > 0)  # a row without positives gives exactly 0
+    return 0.5 * (concept_to_images.sum(-1) / num_concepts + image_to_concepts.sum(-1) / num_images_with_concepts)
 
 
 def c2lip_losses(

@@ -6,14 +6,20 @@ loss on the concatenated batch, and DDP-averaged gradients equal to the single-p
 pure-function contract (the losses of `c2lip_losses` with `world_size`/`rank` average to the single-process loss),
 and that the C2LIP step with the collator's extras makes no host sync beyond those of the plain step (the sizes
 exchanged through the CPU group are host reads by design, counted apart). Then the same with global concept
-deduplication, on a batch whose processes share concepts.
+deduplication, on a batch whose processes share concepts. Last, `c2lip_losses` on embeddings of a larger uneven
+global batch: the shares average to the single-process losses (inputs' gradients too), and no tensor of the forward
+or backward pass has a dimension for every concept of the global batch and one for every image of it (such a
+tensor grows with the square of the number of processes).
 """
 
 import json
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from modeling_concept_clip import ConceptCLIPModel, ConceptLossConfig, ConceptSiglipModel, c2lip_losses
 from modeling_concept_clip.collator import token_keys, unique_rows
@@ -178,6 +184,71 @@ def check(model_type, positives, rank, world_size):
     return results
 
 
+class TensorShapes(TorchDispatchMode):
+    """The shapes of the tensors that every operation makes (forward and backward, collectives' buffers too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.shapes.update(tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
+
+
+# Images and concepts per image of each process; the global sizes (12 images, 31 concepts) are no local size.
+EMBEDDING_SPLIT = [(7, 3), (5, 2)]
+
+
+def check_linear_memory(form, positives, rank, world_size):
+    """`c2lip_losses` on random embeddings (NPC and XAC) in 2 processes against one process on the global batch."""
+    generator = torch.Generator().manual_seed(7)
+    num_images = sum(m for m, _ in EMBEDDING_SPLIT)
+    index = torch.cat([torch.arange(m).repeat_interleave(k) for m, k in EMBEDDING_SPLIT])
+    index += torch.tensor([sum(m for m, _ in EMBEDDING_SPLIT[:p]) for p, (m, k) in enumerate(EMBEDDING_SPLIT) for _ in range(m * k)])  # fmt: skip
+    ids = torch.randint(0, 6, index.shape, generator=generator)  # repeated identities across images and processes
+    full = {
+        "image_embeds": F.normalize(torch.randn(num_images, 4, generator=generator), dim=-1),
+        "text_embeds": F.normalize(torch.randn(num_images, 4, generator=generator), dim=-1),
+        "concept_embeds": F.normalize(torch.randn(len(index), 4, generator=generator), dim=-1),
+        "image_tokens": F.normalize(torch.randn(num_images, 3, 4, generator=generator), dim=-1),
+    }
+    config = ConceptLossConfig(npc_weight=1.0, xac_weight=0.5, tau=2.0, concept_positives=positives)
+    common = dict(logit_scale=torch.tensor(8.0), logit_bias=torch.tensor(-3.0) if form == "sigmoid" else None,
+                  loss_form=form, config=config)  # fmt: skip
+    leaves = {name: value.clone().requires_grad_() for name, value in full.items()}
+    reference = c2lip_losses(**leaves, concept_image_index=index, concept_ids=ids, **common)
+    reference_grads = torch.autograd.grad(reference.loss, list(leaves.values()))
+
+    image_start = sum(m for m, _ in EMBEDDING_SPLIT[:rank])
+    images = slice(image_start, image_start + EMBEDDING_SPLIT[rank][0])
+    concepts = (index >= images.start) & (index < images.stop)
+    local = {
+        name: (value[concepts] if name == "concept_embeds" else value[images]).clone().requires_grad_()
+        for name, value in full.items()
+    }
+    with TensorShapes() as made:
+        shares = c2lip_losses(
+            **local, concept_image_index=index[concepts] - images.start, concept_ids=ids[concepts],
+            world_size=world_size, rank=rank, **common,
+        )  # fmt: skip
+        grads = torch.autograd.grad(shares.loss, list(local.values()))
+    for name in ("loss", "caption_loss", "npc_loss", "xac_loss"):
+        total = getattr(shares, name).detach().clone()
+        dist.all_reduce(total)
+        torch.testing.assert_close(total / world_size, getattr(reference, name), **TOLERANCE)
+    worst = 0.0
+    for name, grad, expected in zip(local, grads, reference_grads):
+        # Each process returns world_size times its share, so its inputs' gradients are world_size times theirs.
+        expected = expected[concepts] if name == "concept_embeds" else expected[images]
+        torch.testing.assert_close(grad / world_size, expected, **TOLERANCE)
+        worst = max(worst, float((grad / world_size - expected).abs().max()))
+    quadratic = [shape for shape in made.shapes if len(index) in shape and num_images in shape]
+    assert not quadratic, f"tensors of (global concepts x global images): {quadratic}"
+    return {"max_grad_diff": worst, "shapes": len(made.shapes)}
+
+
 def hash_free_id(text):
     return sorted({t for t, _ in CONCEPTS + CONCEPTS_ACROSS}).index(text)
 
@@ -190,6 +261,9 @@ def main():
     for model_type in ("clip", "siglip"):
         for positives in ("owner", "shared"):
             report[f"{model_type}/{positives}"] = check(model_type, positives, rank, world_size)
+    for form in ("softmax", "sigmoid"):
+        for positives in ("owner", "shared"):
+            report[f"embeddings/{form}/{positives}"] = check_linear_memory(form, positives, rank, world_size)
     if rank == 0:
         print("C2LIP-DISTRIBUTED-OK " + json.dumps(report))
     dist.barrier()  # no process tears gloo down while a peer still has traffic in flight (an abort at exit)

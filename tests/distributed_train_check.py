@@ -5,9 +5,9 @@ and `concept-clip-train` call), several runs per launch to save start-up time:
     accelerate launch --use_deepspeed --zero_stage 2 --num_processes 2 tests/distributed_train_check.py SPEC.json
 
 SPEC.json: `{"runs": [{"name": ..., "argv": [...], "engine": "ddp"|"fsdp2", "before": {"delete": [paths]},
-"record_rows": bool}], "report": path}`. Each process writes `<report>.rank<N>`: per run, the steps, the log, the
+"record_rows": bool}], "report": path, "check_host_group": bool}`. Each process writes `<report>.rank<N>`: per run, the steps, the log, the
 process-group timeout and (with "record_rows") the rows its collator received, batch by batch, after an
-"epoch N" marker at the start of each epoch.
+"epoch N" marker and the number of rows this process had read from parquet files at the start of each epoch.
 
 FSDP2: Accelerate turns FSDP on only on accelerators, so on these CPU processes the run switches Accelerate's state
 to FSDP2 after building the `Accelerator`, as `accelerate launch --use_fsdp --fsdp_version 2` does on GPUs (the
@@ -19,19 +19,23 @@ import json
 import os
 import shutil
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from datasets.packaged_modules.parquet.parquet import Parquet
 
-from modeling_concept_clip import training
+from modeling_concept_clip import distributed, training
 from modeling_concept_clip.collator import ConceptCollator
 from modeling_concept_clip.training import loop
 from modeling_concept_clip.training.data import Loaders
+from modeling_concept_clip.training.engines import ProcessSums
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDP_CONFIG = ROOT / "training" / "configs" / "accelerate" / "fsdp_8gpu.yaml"
@@ -48,9 +52,60 @@ def switch_to_fsdp2(accelerator):
     accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
+PARQUET_ROWS_READ = [0]  # by this process (not by data-loader workers)
+
+
+def counting_parquet_reads(generate_tables):
+    def generate(self, *args, **kwargs):
+        for key, table in generate_tables(self, *args, **kwargs):
+            PARQUET_ROWS_READ[0] += table.num_rows
+            yield key, table
+
+    return generate
+
+
+Parquet._generate_tables = counting_parquet_reads(Parquet._generate_tables)
+
+
 def process_group_timeout() -> float:
     group = dist.distributed_c10d._get_default_group()
     return group._get_backend(torch.device("cpu")).options._timeout / timedelta(seconds=1)
+
+
+def check_host_group(timeout_seconds: int) -> dict:
+    """The CPU (gloo) side group that runs next to a GPU backend, made here as if the default group were NCCL: one
+    group for the step bookkeeping and the losses' size exchanges, with the loop's timeout; and, when gloo cannot
+    be set up (here: an interface that does not exist), an error that names GLOO_SOCKET_IFNAME."""
+    get_backend, dist.get_backend = dist.get_backend, lambda group=None: "nccl"
+    try:
+        distributed._HOST_GROUPS.clear()
+        sums = ProcessSums(
+            SimpleNamespace(num_processes=dist.get_world_size(), process_index=dist.get_rank()), timeout_seconds
+        )
+        total = sums([dist.get_rank() + 1])
+        distributed.all_gather_sizes((dist.get_rank(),), dist.get_world_size())  # the losses' side of it
+        groups = [sums.group, *distributed._HOST_GROUPS.values()]
+        result = {
+            "sum": total,
+            "groups": len({id(group) for group in groups}),
+            "timeouts": [
+                group._get_backend(torch.device("cpu")).options._timeout / timedelta(seconds=1) for group in groups
+            ],  # fmt: skip
+        }
+        distributed._HOST_GROUPS.clear()
+        os.environ["GLOO_SOCKET_IFNAME"] = "no-such-interface"
+        try:
+            ProcessSums(
+                SimpleNamespace(num_processes=dist.get_world_size(), process_index=dist.get_rank()), timeout_seconds
+            )
+            result["error"] = None
+        except RuntimeError as error:
+            result["error"] = str(error)
+    finally:
+        os.environ.pop("GLOO_SOCKET_IFNAME", None)
+        dist.get_backend = get_backend
+        distributed._HOST_GROUPS.clear()
+    return result
 
 
 def main():
@@ -80,20 +135,27 @@ def main():
 
         def recording_collate(self, rows):  # each batch's WebDataset keys or image paths (not `empty_batch`'s row)
             ids = (row.get("__key__", row[self.image_column]) for row in rows)
-            received.append([row_id for row_id in ids if isinstance(row_id, str)])
-            return collate(self, rows)
+            # Carried in the batch: a data-loader worker collates in its own process.
+            return {**collate(self, rows), "recorded_rows": [row_id for row_id in ids if isinstance(row_id, str)]}
 
-        def recording_train_batches(self, epoch, skip_batches=0):
-            received.append(f"epoch {epoch}")
-            return train_batches(self, epoch, skip_batches)
+        def recording_train_batches(self, state):
+            received.append(f"epoch {state.epoch}")
+            received.append(PARQUET_ROWS_READ[0])  # rows this process has read from parquet files so far
+            for batch in train_batches(self, state):
+                received.append(batch.pop("recorded_rows"))
+                yield batch
 
         AcceleratorState._reset_state(reset_partial_state=True)
         received.clear()
         loop.build_accelerator, loop.finish_run = build, finish
         ConceptCollator.__call__ = recording_collate if run.get("record_rows") else collate
         Loaders.train_batches = recording_train_batches if run.get("record_rows") else train_batches
+        start = time.perf_counter()
         outcome = training.main(run["argv"])
         result.update(completed_steps=outcome["completed_steps"], log=outcome["history"], rows=list(received))
+        result["seconds"] = time.perf_counter() - start  # wall time of the run (for the suite's budget)
+    if spec.get("check_host_group"):
+        report["host_group"] = check_host_group(timeout_seconds=1234)
     Path(f"{spec['report']}.rank{os.environ['RANK']}").write_text(json.dumps(report))
     dist.barrier()  # no process tears gloo down while a peer still has traffic in flight (an abort at exit)
     destroy_process_group(PartialState())

@@ -41,13 +41,18 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_process
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
 
 
-def run_spec(root: Path, runs: list[dict], launcher: list[str], **env: str) -> dict[str, list[dict]]:
-    """Run `runs` with tests/distributed_train_check.py in 2 processes; each run's results, per process."""
+def run_spec(
+    root: Path, runs: list[dict], launcher: list[str], check_host_group: bool = False, **env: str
+) -> dict[str, list[dict]]:
+    """Run `runs` with tests/distributed_train_check.py in 2 processes; each run's results (and with
+    `check_host_group`, the side-group check's under "host_group"), per process."""
     spec = root / "spec.json"
-    spec.write_text(json.dumps({"runs": runs, "report": str(root / "report.json")}))
+    report = str(root / "report.json")
+    spec.write_text(json.dumps({"runs": runs, "report": report, "check_host_group": check_host_group}))
     launch([*launcher, str(ROOT / "tests" / "distributed_train_check.py"), str(spec)], **env)
     reports = [json.loads((root / f"report.json.rank{rank}").read_text()) for rank in (0, 1)]
-    return {run["name"]: [report[run["name"]] for report in reports] for run in runs}
+    names = [run["name"] for run in runs] + (["host_group"] if check_host_group else [])
+    return {name: [report[name] for report in reports] for name in names}
 
 
 def max_difference(folder_a: Path, folder_b: Path) -> float:
@@ -141,19 +146,32 @@ def engine_runs(root: Path, model_type: str, engine: str, extra: list[str] = ())
     ]  # fmt: skip
 
 
+STREAM_SHARDS = [6, 6, 4, 5, 3]  # 5 parquet files for 2 processes: split by file, 3 and 2 files per process
+WORKER_SHARDS = [10, 2, 2, 10]  # per process 2 files, one per worker: with seed 42, 10 and 2 rows on each process
+
+
 def stream_runs(root: Path) -> list[dict]:
-    """9 steps of a parquet stream in 4 shards (6, 6, 4 and 8 rows, 2 of them without concepts), batches of 2 per
-    process, a checkpoint at step 4 (mid-epoch); then the run resumed from it."""
+    """9 steps of a parquet stream in 5 shards (6, 6, 4, 5 and 3 rows, 2 of them without concepts), batches of 2 per
+    process, a checkpoint at step 4 (mid-epoch); then the run resumed from it. The same with 2 data-loader workers
+    per process over 4 shards of uneven sizes (24 rows), 6 steps (one epoch) with a
+    checkpoint at step 3, after some worker has run out."""
     rows = make_rows(24)
     rows[3]["concepts"] = rows[17]["concepts"] = []
-    data = write_shards(root / "stream", rows, [6, 6, 4, 8])
+    data = write_shards(root / "stream", rows, STREAM_SHARDS)
     flags = common_flags(str(root / "clip"), root / "stream-out", steps=9, batch=2) + as_flags(data)
     flags += ["--streaming", "true", "--shuffle_buffer_size", "5", "--max_bad_fraction", "0.5"]
     flags += ["--checkpointing_steps", "4", "--checkpoints_total_limit", "3"]
     resumed = flags + ["--resume_from_checkpoint", str(root / "stream-out" / "checkpoints" / "checkpoint-4")]
+    workers_data = write_shards(root / "stream-workers", make_rows(24, seed=1), WORKER_SHARDS)
+    workers = common_flags(str(root / "clip"), root / "workers-out", steps=6, batch=2) + as_flags(workers_data)
+    workers += ["--streaming", "true", "--shuffle_buffer_size", "3", "--dataloader_num_workers", "2"]
+    workers += ["--checkpointing_steps", "3"]
+    workers_resumed = workers + ["--resume_from_checkpoint", str(root / "workers-out" / "checkpoints" / "checkpoint-3")]  # fmt: skip
     return [
         {"name": "stream", "argv": flags, "record_rows": True},
         {"name": "stream-resumed", "argv": resumed + ["--overwrite_output_dir"], "record_rows": True},
+        {"name": "stream-workers", "argv": workers, "record_rows": True},
+        {"name": "stream-workers-resumed", "argv": workers_resumed + ["--overwrite_output_dir"], "record_rows": True},
     ]
 
 
@@ -182,6 +200,17 @@ def tar_stream_runs(root: Path) -> list[dict]:
     ]
 
 
+def accumulation_runs(root: Path) -> list[dict]:
+    """One epoch of 3 global batches (12 rows, 2 per process) with 4 and with 3 accumulation steps: one update each."""
+    data = as_flags({"train_file": str(root / "data" / "train.jsonl")}) + ["--max_train_samples", "12"]
+    runs = []
+    for steps in (4, 3):
+        flags = common_flags(str(root / "clip"), root / f"accumulation-{steps}", steps=1, batch=2) + data
+        flags += ["--gradient_accumulation_steps", str(steps)]
+        runs.append({"name": f"accumulation-{steps}", "argv": flags})
+    return runs
+
+
 TAR_KEYS = [sample_key(shard, i) for shard, size in enumerate([6, 6, 4, 8]) for i in range(size)]
 TAR_KEYS_WITHOUT_CONCEPTS = (sample_key(1, 2), sample_key(3, 5))
 
@@ -201,9 +230,9 @@ def torchrun_results(engines_root):
     root = engines_root
     runs = [run for kind in ("clip", "siglip") for engine in ("ddp", "fsdp2") for run in engine_runs(root, kind, engine)]  # fmt: skip
     runs[0]["argv"] += ["--ddp_timeout", "1234"]  # the first run initialises the process group that all runs share
-    runs += stream_runs(root) + tar_stream_runs(root)
+    runs += stream_runs(root) + tar_stream_runs(root) + accumulation_runs(root)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return run_spec(root, runs, torchrun, ACCELERATE_USE_CPU="1")
+    return run_spec(root, runs, torchrun, check_host_group=True, ACCELERATE_USE_CPU="1")
 
 
 def losses_and_scales(result: dict) -> list[tuple]:
@@ -214,6 +243,16 @@ def losses_and_scales(result: dict) -> list[tuple]:
 def test_ddp_timeout_reaches_the_process_group(torchrun_results):
     assert torchrun_results["ddp-clip"][0]["process_group_timeout"] == 1234.0
     assert torchrun_results["ddp-clip"][1]["process_group_timeout"] == 1234.0
+
+
+@pytest.mark.slow
+def test_gloo_side_group_takes_the_ddp_timeout_and_names_the_interface_fix(torchrun_results):
+    """Next to NCCL, the step bookkeeping and the losses' size exchanges share one gloo group, created with
+    --ddp_timeout (not torch's 30 minutes); a gloo that cannot be set up is reported with GLOO_SOCKET_IFNAME."""
+    for process in torchrun_results["host_group"]:
+        assert process["sum"] == [3]
+        assert process["groups"] == 1 and set(process["timeouts"]) == {1234.0}, process
+        assert "GLOO_SOCKET_IFNAME" in process["error"] and "no-such-interface" in process["error"], process["error"]
 
 
 @pytest.mark.slow
@@ -246,6 +285,22 @@ def test_fsdp2_trains_checkpoints_resumes_and_exports_as_ddp(model_type, torchru
     assert plain.logit_scale.exp().item() <= MAX_LOGIT_SCALE[model_type] * (1 + 1e-6)
 
 
+def epochs(rows: list) -> list[list[list[str]]]:
+    """Per epoch, the batches (image paths or keys) a process read, from its recorded rows."""
+    split = []
+    for entry in rows:
+        if isinstance(entry, str):  # "epoch N"
+            split.append([])
+        elif isinstance(entry, list) and entry:  # (an empty entry is `empty_batch`'s blank row)
+            split[-1].append(entry)
+    return split
+
+
+def rows_read(rows: list) -> list[int]:
+    """Rows the process had read from its parquet files at the start of each epoch."""
+    return [entry for entry in rows if isinstance(entry, int)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, expected_rows",
@@ -255,16 +310,6 @@ def test_stream_is_split_between_processes_and_resumes_at_the_same_row(name, exp
     """Parquet files, and tar shards with their concepts joined by key: each row once per epoch across processes,
     the rows without concepts counted as bad rows, and a mid-epoch resume that reads the same rows after it."""
     full, resumed = torchrun_results[name], torchrun_results[f"{name}-resumed"]
-
-    def epochs(rows: list) -> list[list[list[str]]]:  # per epoch, the batches (image paths) this process read
-        split = []
-        for entry in rows:
-            if isinstance(entry, str):
-                split.append([])
-            elif entry:  # (an empty entry is `empty_batch`'s blank row)
-                split[-1].append(entry)
-        return split
-
     first_epoch = [path for process in full for batch in epochs(process["rows"])[0] for path in batch]
     assert sorted(first_epoch) == expected_rows  # every row once, on one process
     log = full[0]["log"]
@@ -277,6 +322,48 @@ def test_stream_is_split_between_processes_and_resumes_at_the_same_row(name, exp
         assert [batch for epoch in epochs(again["rows"]) for batch in epoch] == after_checkpoint
     assert losses_and_scales(resumed[0]) == losses_and_scales(full[0])[4:]
     assert epochs(full[0]["rows"])[1] != epochs(full[0]["rows"])[0][: len(epochs(full[0]["rows"])[1])]  # reshuffled
+
+
+@pytest.mark.slow
+def test_stream_of_more_files_than_processes_is_split_by_file(torchrun_results):
+    """5 files for 2 processes (not a multiple): each process reads only its own files, so the rows read in the first
+    epoch add up to the data once (every process read all 24 rows when the files did not divide evenly)."""
+    reads = [rows_read(process["rows"]) for process in torchrun_results["stream"]]
+    first_epoch = [process[1] - process[0] for process in reads]
+    assert sum(first_epoch) == sum(STREAM_SHARDS), first_epoch
+    got = [sum(len(batch) for batch in epochs(process["rows"])[0]) for process in torchrun_results["stream"]]
+    assert all(0 <= read - used < 2 for read, used in zip(first_epoch, got))  # at most an incomplete last batch
+
+
+@pytest.mark.slow
+def test_stream_resumes_exactly_with_data_loader_workers_of_uneven_shards(torchrun_results, engines_root):
+    """2 data-loader workers per process over files of different sizes: a worker runs out of rows before the
+    checkpoint, so the batches did not alternate between the workers; the resumed run's workers still skip exactly
+    their own batches and take their turns as before."""
+    full, resumed = torchrun_results["stream-workers"], torchrun_results["stream-workers-resumed"]
+    first_epoch = [path for process in full for batch in epochs(process["rows"])[0] for path in batch]
+    assert sorted(first_epoch) == [f"images/{i:04d}.png" for i in range(24)]  # each row once (a worker per file)
+    state = json.loads((engines_root / "workers-out" / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())  # fmt: skip
+    alternating = [len(range(worker, 3, 2)) for worker in range(2)]
+    assert any(counts != alternating for counts in state["stream_worker_batches"]), state  # some worker ran out
+    for process, again in zip(full, resumed, strict=True):
+        after_checkpoint = [batch for epoch in epochs(process["rows"]) for batch in epoch][3:]
+        assert [batch for epoch in epochs(again["rows"]) for batch in epoch] == after_checkpoint
+    assert losses_and_scales(resumed[0]) == losses_and_scales(full[0])[3:]
+
+
+@pytest.mark.slow
+def test_epoch_of_fewer_batches_than_accumulation_steps_makes_a_partial_update(torchrun_results, engines_root):
+    """3 batches with --gradient_accumulation_steps 4: the epoch's last batch ends the accumulation (it stopped with
+    "gave no batch with a valid row"). The gradient is (g1 + g2 + g3) / 4, Accelerate's scaling, against
+    (g1 + g2 + g3) / 3 with accumulation 3: AdamW's first update, lr * g / (|g| + eps), depends on that scale only
+    through eps, by less than lr * eps / |g| per weight."""
+    partial, reference = torchrun_results["accumulation-4"][0], torchrun_results["accumulation-3"][0]
+    assert partial["completed_steps"] == reference["completed_steps"] == 1
+    assert [e["rows_seen"] for e in partial["log"] if "loss" in e] == [12]
+    # lr 1e-3 moves the weights by up to 1e-3; the two updates agree to 1% of that (seen: 3.8e-6, from weights
+    # whose gradient is within a few orders of magnitude of eps = 1e-8).
+    assert max_difference(engines_root / "accumulation-4", engines_root / "accumulation-3") < 1e-5
 
 
 @pytest.mark.slow

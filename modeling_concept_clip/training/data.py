@@ -2,21 +2,26 @@
 
 A dataset with a length (files, `save_to_disk` folders, Hub datasets) is read through Accelerate's data loaders:
 seeded shuffling, each process its share of each epoch, resumable with `skip_first_batches`. A stream
-(`--streaming`) is split between processes with `datasets.distributed.split_dataset_by_node` (whole shards per
-process when their number allows it, otherwise every n-th row) and shuffled in a buffer; a resumed run reads the
-same epoch's stream again and skips the rows it had already used, so it continues at the exact row
-(`IterableDataset.state_dict()` would lose the shuffle buffer's content).
+(`--streaming`) is split between processes by `split_stream` (whole shards per process whenever there are at least
+as many shards as processes, otherwise every n-th row) and shuffled in a buffer; a resumed run reads the same
+epoch's stream again and skips the rows it had already used, so it continues at the exact row
+(`IterableDataset.state_dict()` would lose the shuffle buffer's content). With data-loader workers, each worker
+reads its own shards, and the loop counts the batches of each worker (`TrainState.stream_worker_batches`), so that
+a resumed run's workers skip exactly their own and take their turns in the same order (`_StreamBatches`).
 
 Processes step in lockstep (`lockstep`): every step, each process says whether it has a batch and whether that
 batch has rows (the collator drops bad rows). No process with rows: every process skips the step. Some: a process
 without rows takes part with a batch of zero rows (`Loaders.empty_batch`), because the others wait for it in the
 loss's gathers and the gradient reduction. So a global batch is the union of the processes' valid rows, exactly as
-one process would see it, and an epoch ends when every process has read its share.
+one process would see it, and an epoch ends when every process has read its share. Each step is known to be the
+epoch's last one with rows before it is trained (one step of look-ahead), so that it can end the gradient
+accumulation with the rows there are.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +38,9 @@ from ..concepts import ConceptExtractorConfig, add_concepts_column
 from ..data import load_image_text_dataset, resolve_columns
 from .arguments import Arguments, DataArguments, ModelArguments
 from .engines import ProcessSums
+from .state import TrainState
+
+logger = logging.getLogger(__name__)
 
 
 def load_split(data_args: DataArguments, model_args: ModelArguments, split: str):
@@ -85,21 +93,55 @@ def empty_batch(collator: ConceptCollator) -> dict[str, torch.Tensor]:
     return {key: value[:0] for key, value in batch.items() if isinstance(value, torch.Tensor)}
 
 
-class _ResumedStream(torch.utils.data.IterableDataset):
-    """A stream that starts after its first `skip_batches` batches of `batch_size` rows.
+def split_stream(stream: IterableDataset, rank: int, world_size: int) -> IterableDataset:
+    """This process's part of `stream`: whole shards whenever there are at least as many shards as processes (each
+    process reads only its own shards; parts of different sizes are fine, see `lockstep`), otherwise every
+    `world_size`-th row (every process then reads the whole stream and keeps its rows)."""
+    if world_size > 1 and stream.num_shards < world_size:
+        logger.warning(
+            f"The stream has {stream.num_shards} shard(s) for {world_size} processes: every process reads all of it "
+            "and keeps every n-th row. Split the data into at least as many files as processes to read each once."
+        )
+    strategy = "shards" if stream.num_shards >= world_size else "examples"
+    return split_dataset_by_node(stream, rank=rank, world_size=world_size, strategy=strategy)
 
-    A data loader with workers takes batch i from worker i % num_workers, each worker reading its own part of the
-    stream, so each worker skips the rows of the batches it had made.
+
+class _StreamBatches(torch.utils.data.IterableDataset):
+    """This process's part of a stream as `(worker, rows)` batches of `batch_size` rows, made in each data-loader
+    worker from its own shards (`worker` is 0 without workers).
+
+    A data loader takes one batch from each worker in turn, passing over the workers whose part has run out, so
+    which worker made the i-th batch depends on where each part ends. A resumed run gets the number of batches each
+    worker had made (`skip`): each worker skips its own, and the workers that had made the most (those that had had
+    their turn in the interrupted round, or had run out) first give an empty batch, which `Loaders.train_batches`
+    drops, so that the turn goes on to the worker whose batch was next.
     """
 
-    def __init__(self, stream: IterableDataset, skip_batches: int, batch_size: int):
-        self.stream, self.skip_batches, self.batch_size = stream, skip_batches, batch_size
+    def __init__(self, stream: IterableDataset, batch_size: int, skip: list[int]):
+        self.stream, self.batch_size, self.skip = stream, batch_size, skip
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker = get_worker_info()
-        workers, index = (worker.num_workers, worker.id) if worker else (1, 0)
-        batches = len(range(index, self.skip_batches, workers))
-        return itertools.islice(iter(self.stream), batches * self.batch_size, None)
+    def __iter__(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        info = get_worker_info()
+        worker = info.id if info else 0
+        skip = self.skip[worker] if worker < len(self.skip) else 0
+        rows = iter(self.stream)  # in a worker, `datasets` gives it its own shards
+        if skip and skip == max(self.skip):
+            yield worker, []
+        rows = itertools.islice(rows, skip * self.batch_size, None)
+        while len(batch := list(itertools.islice(rows, self.batch_size))) == self.batch_size:
+            yield worker, batch
+
+
+@dataclass
+class _WorkerBatchCollator:
+    """The collator's batch of `(worker, rows)` with the worker that made it (`"stream_worker"`); `None` for a
+    placeholder without rows."""
+
+    collator: ConceptCollator
+
+    def __call__(self, item: tuple[int, list[dict[str, Any]]]) -> dict[str, Any] | None:
+        worker, rows = item
+        return {**self.collator(rows), "stream_worker": worker} if rows else None
 
 
 @dataclass
@@ -128,15 +170,42 @@ class Loaders:
     def streaming(self) -> bool:
         return isinstance(self.train, IterableDataset)
 
-    def train_batches(self, epoch: int, skip_batches: int = 0) -> Iterable[dict[str, Any]]:
-        """This process's batches of `epoch`, after the first `skip_batches` (read before a resume)."""
-        self.train.set_epoch(epoch)  # the sampler, or the stream's shard order and buffer, shuffle with seed + epoch
+    def train_batches(self, state: TrainState) -> Iterable[dict[str, Any]]:
+        """This process's batches of epoch `state.epoch`, after those read before a resume (`state.batches_in_epoch`;
+        of a stream: each data-loader worker's, `state.stream_worker_batches`)."""
+        # The sampler, or the stream's shard order and buffer, shuffle with seed + epoch.
+        self.train.set_epoch(state.epoch)
+        skip_batches = state.batches_in_epoch
         if not self.streaming:
             return self.accelerator.skip_first_batches(self.train, skip_batches) if skip_batches else self.train
-        stream = _ResumedStream(self.train, skip_batches, self.batch_size) if skip_batches else self.train
-        return DataLoader(
-            stream, batch_size=self.batch_size, drop_last=True, collate_fn=self.collator, num_workers=self.num_workers
+        skip = self._worker_skips(state) if skip_batches else []
+        loader = DataLoader(
+            _StreamBatches(self.train, self.batch_size, skip),
+            batch_size=None,  # batches of rows from `_StreamBatches`, made in the workers
+            collate_fn=_WorkerBatchCollator(self.collator),
+            num_workers=self.num_workers,
         )
+        return (batch for batch in loader if batch is not None)
+
+    def _worker_skips(self, state: TrainState) -> list[int]:
+        """The batches that each of this process's data-loader workers had made before the checkpoint."""
+        accelerator, workers = self.accelerator, max(self.num_workers, 1)
+        table = state.stream_worker_batches
+        if not table:  # a checkpoint of an earlier version: the batches went to the workers in turn
+            if workers > 1:
+                logger.warning(
+                    "The checkpoint has no per-worker batch counts (written by an earlier version): assuming no "
+                    "data-loader worker had run out of rows before it."
+                )
+            return [len(range(worker, state.batches_in_epoch, workers)) for worker in range(workers)]
+        if len(table) != accelerator.num_processes or any(len(row) > workers for row in table):
+            raise ValueError(
+                f"The checkpoint was written while streaming with {len(table)} process(es) and up to "
+                f"{max(map(len, table))} data-loader worker(s) each, which split the stream; resume it with "
+                f"{len(table)} process(es) and --dataloader_num_workers {max(map(len, table))} to continue at the "
+                "exact row."
+            )
+        return table[accelerator.process_index] + [0] * (workers - len(table[accelerator.process_index]))
 
 
 def build_loaders(
@@ -171,7 +240,7 @@ def build_loaders(
     if isinstance(train_dataset, IterableDataset):
         # Shuffled identically on every process, then split: each process reads its own part of the stream.
         train_dataset = train_dataset.shuffle(seed=args.seed, buffer_size=data_args.shuffle_buffer_size)
-        train = split_dataset_by_node(train_dataset, accelerator.process_index, accelerator.num_processes)
+        train = split_stream(train_dataset, accelerator.process_index, accelerator.num_processes)
     else:
         # Contrastive batches drop the incomplete last global batch (a small batch is a weaker contrastive task).
         batches_per_epoch = len(train_dataset) // (batch_size * accelerator.num_processes)
@@ -197,7 +266,7 @@ def build_loaders(
             eval_dataset, _ = with_concepts(eval_dataset, data_args, caption_column, accelerator)
         eval_collator = ConceptCollator(**{**collator.__dict__, "image_root": eval_root})
         if isinstance(eval_dataset, IterableDataset):
-            eval_dataset = split_dataset_by_node(eval_dataset, accelerator.process_index, accelerator.num_processes)
+            eval_dataset = split_stream(eval_dataset, accelerator.process_index, accelerator.num_processes)
         validation = DataLoader(eval_dataset, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collator)
 
     loaders = Loaders(
@@ -224,6 +293,9 @@ class Step:
         rows: rows read by all processes in this step.
         skipped: rows dropped by all processes in this step, per reason.
         local_skipped: the rows this process dropped (with what was wrong with them).
+        last: no later step of these batches has rows (known one step ahead).
+        stream_workers: with `stream_workers=True`, the data-loader worker that made each process's batch (-1: the
+            process had none).
     """
 
     batch: dict[str, Any] | None
@@ -231,27 +303,48 @@ class Step:
     rows: int
     skipped: dict[str, int]
     local_skipped: list[SkippedRow]
+    last: bool = False
+    stream_workers: list[int] | None = None
 
 
-def lockstep(batches: Iterable[dict[str, Any]], sums: ProcessSums) -> Iterator[Step]:
+def _exchange(iterator: Iterator[dict[str, Any]], sums: ProcessSums, stream_workers: bool) -> Step | None:
+    """This process's next batch, with what all processes have in this step; `None` when no process has a batch."""
+    batch = next(iterator, None)
+    local_skipped = batch.pop("skipped") if batch is not None else []
+    rows = batch.pop("num_rows") if batch is not None else 0
+    worker = batch.pop("stream_worker", -1) if batch is not None else -1
+    has_rows = batch is not None and "pixel_values" in batch
+    reasons = [sum(row.reason == reason for row in local_skipped) for reason in SKIP_REASONS]
+    workers = [0] * sums.num_processes if stream_workers else []  # worker + 1 in this process's slot
+    if stream_workers:
+        workers[sums.process_index] = worker + 1
+    totals = sums([int(batch is not None), int(has_rows), rows, *reasons, *workers])
+    if totals[0] == 0:
+        return None
+    return Step(
+        batch=batch if has_rows else None,
+        processes_with_rows=totals[1],
+        rows=totals[2],
+        skipped=dict(zip(SKIP_REASONS, totals[3 : 3 + len(SKIP_REASONS)])),
+        local_skipped=local_skipped,
+        stream_workers=[slot - 1 for slot in totals[3 + len(SKIP_REASONS) :]] if stream_workers else None,
+    )
+
+
+def lockstep(batches: Iterable[dict[str, Any]], sums: ProcessSums, stream_workers: bool = False) -> Iterator[Step]:
     """This process's batches, one per step of all processes, until every process has read all of its own.
 
-    A process whose batches run out first keeps taking part with none. One integer sum across processes per step.
+    A process whose batches run out first keeps taking part with none. One integer sum across processes per step,
+    made ahead of the steps until a later step with rows is known (so `Step.last` is set before a step is used).
+    With `stream_workers`, the sum also says which data-loader worker made each process's batch.
     """
     iterator = iter(batches)
-    while True:
-        batch = next(iterator, None)
-        local_skipped = batch.pop("skipped") if batch is not None else []
-        rows = batch.pop("num_rows") if batch is not None else 0
-        has_rows = batch is not None and "pixel_values" in batch
-        reasons = [sum(row.reason == reason for row in local_skipped) for reason in SKIP_REASONS]
-        totals = sums([int(batch is not None), int(has_rows), rows, *reasons])
-        if totals[0] == 0:
-            return
-        yield Step(
-            batch=batch if has_rows else None,
-            processes_with_rows=totals[1],
-            rows=totals[2],
-            skipped=dict(zip(SKIP_REASONS, totals[3:])),
-            local_skipped=local_skipped,
-        )
+    ahead: list[Step] = []
+    while (step := _exchange(iterator, sums, stream_workers)) is not None:
+        if step.processes_with_rows and any(earlier.processes_with_rows for earlier in ahead):
+            yield from ahead  # a later step has rows
+            ahead = []
+        ahead.append(step)
+    for step in ahead:
+        step.last = True
+    yield from ahead

@@ -32,6 +32,7 @@ from accelerate.utils import (
 )
 from transformers import PreTrainedModel
 
+from ..distributed import host_group
 from .arguments import TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -136,14 +137,14 @@ def prepare(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.o
 
 
 class ProcessSums:
-    """Sums of small integer vectors over all processes, on the CPU: a gloo group (the default group when it is
-    gloo), so that this bookkeeping never waits for queued GPU work. One process: no communication."""
+    """Sums of small integer vectors over all processes, on the CPU: the gloo group of `distributed.host_group`
+    (the default group when it is gloo; the losses' size exchanges share it), so that this bookkeeping never waits
+    for queued GPU work. One process: no communication."""
 
     def __init__(self, accelerator: Accelerator, timeout_seconds: int):
-        self.group = None
+        self.num_processes, self.process_index = accelerator.num_processes, accelerator.process_index
         self.active = accelerator.num_processes > 1
-        if self.active and dist.get_backend() != "gloo":
-            self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_seconds))
+        self.group = host_group(timedelta(seconds=timeout_seconds)) if self.active else None
 
     def __call__(self, values: list[int]) -> list[int]:
         if not self.active:

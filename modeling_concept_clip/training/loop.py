@@ -350,17 +350,24 @@ def check_bad_rows(run: Run, state: TrainState, final: bool = False) -> None:
 
 
 def train_one_epoch(run: Run, state: TrainState) -> None:
-    """Train on epoch `state.epoch` (its rest, when resuming mid-epoch) or until `max_train_steps`."""
+    """Train on epoch `state.epoch` (its rest, when resuming mid-epoch) or until `max_train_steps`.
+
+    The epoch's last batch with rows ends the gradient accumulation: an epoch of fewer batches than
+    `gradient_accumulation_steps`, or its last few, make one more update (each batch's gradient scaled by
+    1 / gradient_accumulation_steps, as Accelerate does) instead of being carried into the next epoch.
+    """
     accelerator, args = run.accelerator, run.args
     run.model.train()
     first_batch = state.batches_in_epoch
     steps_before = state.completed_steps
     clock = time.perf_counter()
-    for step in lockstep(run.loaders.train_batches(state.epoch, skip_batches=first_batch), run.sums):
+    for step in lockstep(run.loaders.train_batches(state), run.sums, stream_workers=run.loaders.streaming):
         state.batches_in_epoch += 1
-        state.count_rows(step.rows, step.skipped)
+        state.count_rows(step.rows, step.skipped, step.stream_workers)
         for row in step.local_skipped[: 5 - len(run.bad_row_examples)]:  # a few, for the error message
             run.bad_row_examples.append(f"{row.reason}: {row.detail}")
+        if step.processes_with_rows and step.last:
+            end_accumulation_at_next_batch(accelerator)
         # No process has rows: every process skips the step. Some have: the others take part with zero rows.
         if step.processes_with_rows and training_step(run, step.batch or run.loaders.empty_batch):
             state.completed_steps += 1
@@ -376,7 +383,15 @@ def train_one_epoch(run: Run, state: TrainState) -> None:
         raise ValueError(f"Epoch {state.epoch} of the training data gave no batch with a valid row.")
     check_bad_rows(run, state, final=True)
     accelerator.print(f"epoch {state.epoch} done: {state.counts()}")
-    state.epoch, state.batches_in_epoch, state.rows_in_epoch = state.epoch + 1, 0, 0
+    state.start_epoch(state.epoch + 1)
+
+
+def end_accumulation_at_next_batch(accelerator: Accelerator) -> None:
+    """Make the next `accelerator.accumulate` step synchronise the gradients and update (under every engine: DDP
+    and FSDP2 leave `no_sync`, DeepSpeed reaches its accumulation boundary), however many batches it accumulated.
+    Accelerate updates when its batch count `accelerator.step`, increased first, is a multiple of the accumulation
+    steps; it saves and restores that count with the checkpoints."""
+    accelerator.step += (-accelerator.step - 1) % accelerator.gradient_accumulation_steps
 
 
 def after_step(run: Run, state: TrainState) -> None:

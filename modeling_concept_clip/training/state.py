@@ -25,6 +25,9 @@ class TrainState:
         rows_seen: rows read by all processes together.
         rows_in_epoch: the part of `rows_seen` read in the epoch in progress.
         skipped: rows dropped by the collator, per reason, all processes together.
+        stream_worker_batches: streams only: for each process, the batches of the epoch in progress that each of its
+            data-loader workers made (the workers read different shards, which may run out at different times); a
+            resumed run's workers skip them.
     """
 
     completed_steps: int = 0
@@ -34,6 +37,7 @@ class TrainState:
     rows_seen: int = 0
     rows_in_epoch: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    stream_worker_batches: list[list[int]] = field(default_factory=list)
 
     def save(self, folder: str | Path) -> None:
         Path(folder, STATE_FILE).write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -50,11 +54,24 @@ class TrainState:
         state.skipped = {**dict.fromkeys(SKIP_REASONS, 0), **state.skipped}
         return state
 
-    def count_rows(self, rows: int, skipped: dict[str, int]) -> None:
+    def count_rows(self, rows: int, skipped: dict[str, int], stream_workers: list[int] | None = None) -> None:
+        """Count a step's rows and skipped rows (all processes), and with `stream_workers` (the data-loader worker
+        that made each process's batch, -1 for none) its batches per worker."""
         self.rows_seen += rows
         self.rows_in_epoch += rows
         for reason, count in skipped.items():
             self.skipped[reason] += count
+        if stream_workers is not None:
+            if not self.stream_worker_batches:
+                self.stream_worker_batches = [[] for _ in stream_workers]
+            for counts, worker in zip(self.stream_worker_batches, stream_workers, strict=True):
+                if worker >= 0:
+                    counts.extend([0] * (worker + 1 - len(counts)))
+                    counts[worker] += 1
+
+    def start_epoch(self, epoch: int) -> None:
+        """Go to the start of `epoch`."""
+        self.epoch, self.batches_in_epoch, self.rows_in_epoch, self.stream_worker_batches = epoch, 0, 0, []
 
     @property
     def rows_skipped(self) -> int:
