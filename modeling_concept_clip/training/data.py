@@ -85,6 +85,12 @@ def empty_batch(collator: ConceptCollator) -> dict[str, torch.Tensor]:
     return {key: value[:0] for key, value in batch.items() if isinstance(value, torch.Tensor)}
 
 
+def pin_memory(accelerator: Accelerator) -> bool:
+    """Batches for an accelerator are collated into pinned memory, so that their copy does not block the host
+    (`training_step` copies them with `non_blocking=True`)."""
+    return accelerator.device.type != "cpu"
+
+
 class _ResumedStream(torch.utils.data.IterableDataset):
     """A stream that starts after its first `skip_batches` batches of `batch_size` rows.
 
@@ -135,7 +141,12 @@ class Loaders:
             return self.accelerator.skip_first_batches(self.train, skip_batches) if skip_batches else self.train
         stream = _ResumedStream(self.train, skip_batches, self.batch_size) if skip_batches else self.train
         return DataLoader(
-            stream, batch_size=self.batch_size, drop_last=True, collate_fn=self.collator, num_workers=self.num_workers
+            stream,
+            batch_size=self.batch_size,
+            drop_last=True,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            pin_memory=pin_memory(self.accelerator),
         )
 
 
@@ -188,6 +199,7 @@ def build_loaders(
             drop_last=True,
             collate_fn=collator,
             num_workers=data_args.dataloader_num_workers,
+            pin_memory=pin_memory(accelerator),
         )
 
     validation = None
@@ -198,7 +210,12 @@ def build_loaders(
         eval_collator = ConceptCollator(**{**collator.__dict__, "image_root": eval_root})
         if isinstance(eval_dataset, IterableDataset):
             eval_dataset = split_dataset_by_node(eval_dataset, accelerator.process_index, accelerator.num_processes)
-        validation = DataLoader(eval_dataset, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collator)
+        validation = DataLoader(
+            eval_dataset,
+            batch_size=args.per_device_eval_batch_size,
+            collate_fn=eval_collator,
+            pin_memory=pin_memory(accelerator),
+        )
 
     loaders = Loaders(
         accelerator=accelerator,
