@@ -412,15 +412,17 @@ def test_deepspeed_zero3_trains_checkpoints_resumes_and_exports_as_ddp(model_typ
     assert tuple(plain.logit_scale.shape) == (() if model_type == "clip" else (1,))
 
 
+def bf16_result(engine: str, torchrun_results: dict, deepspeed_results: dict) -> dict:
+    return (torchrun_results if engine in ("ddp", "fsdp2") else deepspeed_results)[f"{engine}-bf16"][0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["fsdp2", "deepspeed", "zero3"])
-def test_bf16_keeps_the_logit_scale_and_bias_in_fp32_and_exports_the_frozen_tower_untouched(engine, torchrun_results, deepspeed_results, engines_root):  # fmt: skip
+def test_bf16_forward_uses_the_fp32_logit_scale_and_bias(engine, torchrun_results, deepspeed_results):
     """In bf16, every forward multiplies by the fp32 scale (and adds the fp32 bias) that DDP's autocast uses: the
     first ones are DDP's, each next scale the fp32 value logged after the update before it (in bf16, a scale of 100
-    reads 98.86, a bias of -12.9 reads -12.875, and updates of 1e-3 vanish). The frozen vision tower is exported as it
-    was loaded, in fp32."""
-    ddp = torchrun_results["ddp-bf16"][0]
-    run = (torchrun_results if engine == "fsdp2" else deepspeed_results)[f"{engine}-bf16"][0]
+    reads 98.86, a bias of -12.9 reads -12.875, and updates of 1e-3 vanish)."""
+    ddp, run = (bf16_result(name, torchrun_results, deepspeed_results) for name in ("ddp", engine))
     for forward in ddp["scales"] + run["scales"]:
         assert {name: dtype for name, (dtype, _) in forward.items()} == {"logit_scale": "torch.float32", "logit_bias": "torch.float32"}  # fmt: skip
     for name in ("logit_scale", "logit_bias"):
@@ -428,8 +430,16 @@ def test_bf16_keeps_the_logit_scale_and_bias_in_fp32_and_exports_the_frozen_towe
     logged = [e["logit_scale"] for e in run["log"] if "loss" in e]
     used = [forward["logit_scale"][1][0] for forward in run["scales"]]
     assert used[1:] == pytest.approx(logged[:-1], rel=1e-6) and used[1] != used[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fsdp2", "deepspeed", "zero3"])
+def test_bf16_exports_the_frozen_tower_as_loaded(engine, torchrun_results, deepspeed_results, engines_root):
+    """A frozen vision tower trained in bf16 is exported bit-identical to the fp32 weights it was loaded with (under
+    DeepSpeed's own bf16 mode, 25 of its 48 tensors came back rounded)."""
+    assert bf16_result(engine, torchrun_results, deepspeed_results)["completed_steps"] == 3
     initial = load_file(engines_root / "siglip-scaled" / "model.safetensors")
     exported = load_file(engines_root / f"{engine}-bf16" / "model.safetensors")
     frozen = [key for key in initial if key.startswith("vision_model.")]
-    assert frozen and all(torch.equal(exported[key], initial[key]) for key in frozen)
+    assert frozen and [key for key in frozen if not torch.equal(exported[key], initial[key])] == []
     assert all(exported[key].dtype == torch.float32 for key in exported)
