@@ -364,7 +364,9 @@ def test_deepspeed_learning_rate_schedule_steps_as_under_ddp_and_resumes(torchru
 @pytest.mark.slow
 def test_deepspeed_update_reads_nothing_on_the_host(torchrun_results, deepspeed_results):
     """No host sync in an update, as under DDP: the loop neither asks Accelerate for the gradient norm (DeepSpeed
-    clips in its own step) nor reads the scale to decide whether to clamp it."""
+    clips in its own step) nor reads the scale to decide whether to clamp it (before: 2 per update). Counted apart:
+    DeepSpeed's own step (it checks the norm it clips with: 3 scalar reads and 2 uploads per update on ZeRO-2), Adam's host-side step counters and
+    the model's exchange of batch sizes over a CPU group."""
     ddp, deepspeed = torchrun_results["ddp-clip"][0], deepspeed_results["deepspeed-clip"][0]
     assert update_syncs(deepspeed) == update_syncs(ddp) == [{}, {}, {}], (deepspeed["syncs"], ddp["syncs"])
 
