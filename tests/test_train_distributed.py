@@ -1,7 +1,9 @@
-"""The training loop on 2 CPU processes (gloo): DDP with bad rows, FSDP2 for CLIP and SigLIP, DeepSpeed ZeRO-2,
-streaming, the process-group timeout; each against one process, or DDP, on the same global batches."""
+"""The training loop on 2 CPU processes (gloo): DDP with bad rows, FSDP2 for CLIP and SigLIP (with activation
+checkpointing, in bf16), DeepSpeed ZeRO-2 and ZeRO-3, streaming, the process-group timeout; each against one process,
+or DDP, on the same global batches."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import CLIPModel, SiglipModel
 
 from modeling_concept_clip.commands import extract_concepts as extract_cli
-from modeling_concept_clip.testing_utils import save_tiny_checkpoint
+from modeling_concept_clip.testing_utils import build_tiny_model_and_processor, save_tiny_checkpoint
 
 from .shard_fixtures import gold_captions, sample_key, write_tar_shard
 from .test_train import common_flags, read_log, run_training
@@ -130,24 +132,39 @@ def test_two_processes_with_bad_rows_give_the_losses_and_weights_of_one_process(
 MAX_LOGIT_SCALE = {"clip": 10.0, "siglip": 0.9985}  # below the initial scale (CLIP 14.3, SigLIP 1.0): the clamp acts
 
 
+ENGINES = {"ddp": {}, "fsdp2": {"engine": "fsdp2"}, "deepspeed": {}, "zero3": {"zero_stage": 3}}
+
+
 def engine_runs(root: Path, model_type: str, engine: str, extra: list[str] = ()) -> list[dict]:
-    """4 steps with a checkpoint every 2; then the same run resumed from its latest checkpoint (step 4's removed)."""
+    """4 steps (cosine schedule, 2 of warm-up) with a checkpoint every 2; then the same run resumed from its latest
+    checkpoint (step 4's removed). `engine`: a key of `ENGINES` (DeepSpeed: the stage of the launch, or ZeRO-3)."""
     data = {"train_file": str(root / "data" / "train.jsonl")}
     flags = common_flags(str(root / model_type), root / f"{engine}-{model_type}", steps=4, batch=2) + as_flags(data)
-    flags += ["--lr_scheduler_type", "constant", "--max_logit_scale", str(MAX_LOGIT_SCALE[model_type]), *extra]
+    flags += ["--lr_scheduler_type", "cosine", "--num_warmup_steps", "2"]
+    flags += ["--max_logit_scale", str(MAX_LOGIT_SCALE[model_type]), *extra]
     if engine == "ddp":
         return [{"name": f"ddp-{model_type}", "argv": flags}]
     flags += ["--checkpointing_steps", "2"]
     resumed = flags + ["--resume_from_checkpoint", "latest", "--overwrite_output_dir"]
     latest = root / f"{engine}-{model_type}" / "checkpoints" / "checkpoint-4"
     return [
-        {"name": f"{engine}-{model_type}", "engine": engine, "argv": flags},
-        {"name": f"{engine}-{model_type}-resumed", "engine": engine, "argv": resumed, "before": {"delete": [str(latest)]}},
+        {"name": f"{engine}-{model_type}", **ENGINES[engine], "argv": flags},
+        {"name": f"{engine}-{model_type}-resumed", **ENGINES[engine], "argv": resumed, "before": {"delete": [str(latest)]}},
     ]  # fmt: skip
 
 
 STREAM_SHARDS = [6, 6, 4, 5, 3]  # 5 parquet files for 2 processes: split by file, 3 and 2 files per process
 WORKER_SHARDS = [10, 2, 2, 10]  # per process 2 files, one per worker: with seed 42, 10 and 2 rows on each process
+
+
+def bf16_run(root: Path, engine: str) -> dict:
+    """3 bf16 steps of SigLIP (logit scale and bias) with a frozen vision tower, recording the scalars that each
+    forward passes to the losses."""
+    data = {"train_file": str(root / "data" / "train.jsonl")}
+    flags = common_flags(str(root / "siglip-scaled"), root / f"{engine}-bf16", steps=3, batch=2) + as_flags(data)
+    flags += ["--mixed_precision", "bf16", "--freeze_vision_tower", "true", "--lr_scheduler_type", "constant"]
+    flags += ["--max_logit_scale", "1000"]
+    return {"name": f"{engine}-bf16", **ENGINES[engine], "argv": flags, "record_scale": True}
 
 
 def stream_runs(root: Path) -> list[dict]:
@@ -221,6 +238,13 @@ def engines_root(tmp_path_factory):
     write_dataset(root / "data", "jsonl", make_rows(16))
     for model_type in PLAIN:
         save_tiny_checkpoint(root / model_type, model_type)
+    # For the bf16 runs: a scale of 100 and a bias of -12.9, which bf16 rounds (to 98.86 and -12.875).
+    model, processor = build_tiny_model_and_processor("siglip")
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100.0))
+        model.logit_bias.fill_(-12.9)
+    model.save_pretrained(root / "siglip-scaled")
+    processor.save_pretrained(root / "siglip-scaled")
     return root
 
 
@@ -230,6 +254,13 @@ def torchrun_results(engines_root):
     root = engines_root
     runs = [run for kind in ("clip", "siglip") for engine in ("ddp", "fsdp2") for run in engine_runs(root, kind, engine)]  # fmt: skip
     runs[0]["argv"] += ["--ddp_timeout", "1234"]  # the first run initialises the process group that all runs share
+    runs[0]["count_syncs"] = True
+    # FSDP2 with activation checkpointing: the CLIP run again (without its resume), counting the encoder layers' calls.
+    fsdp2_clip = next(run for run in runs if run["name"] == "fsdp2-clip")
+    fsdp2_clip["count_layer_calls"] = True
+    checkpointed = {**fsdp2_clip, "name": "fsdp2-clip-checkpointed", "fsdp": {"activation_checkpointing": True}}
+    checkpointed["argv"] = fsdp2_clip["argv"] + ["--output_dir", str(root / "fsdp2-clip-checkpointed")]
+    runs += [checkpointed, bf16_run(root, "ddp"), bf16_run(root, "fsdp2")]
     runs += stream_runs(root) + tar_stream_runs(root) + accumulation_runs(root)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     return run_spec(root, runs, torchrun, check_host_group=True, ACCELERATE_USE_CPU="1")
@@ -277,7 +308,7 @@ def test_fsdp2_trains_checkpoints_resumes_and_exports_as_ddp(model_type, torchru
         "optimizer_0",
         "pytorch_model_fsdp_0",
     ]  # sharded checkpoints (fsdp_8gpu.yaml): each process writes its own shard
-    # 4 Adam steps at lr 1e-3 on the same batches; float32 sums in another order (seen: 3e-7 CLIP, 2e-6 SigLIP).
+    # 4 Adam steps (lr 0 to 1e-3) on the same batches; float32 sums in another order (seen: 1e-7 CLIP, 2e-6 SigLIP).
     assert max_difference(ddp_dir, fsdp_dir) < 1e-5
     plain = assert_loads_as_plain(fsdp_dir, model_type)
     expected_shape = () if model_type == "clip" else (1,)  # each model's own shape: 0-dim for CLIP, [1] for SigLIP
@@ -367,16 +398,71 @@ def test_epoch_of_fewer_batches_than_accumulation_steps_makes_a_partial_update(t
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_trains_checkpoints_resumes_and_exports_as_ddp(torchrun_results, engines_root):
-    """ZeRO-2 through `accelerate launch --use_deepspeed` on 2 CPU processes (DeepSpeed's CPU accelerator, gloo):
-    the clamp acts on DeepSpeed's fp32 master weights, the export gathers them."""
+def test_fsdp2_activation_checkpointing_is_applied_and_changes_no_result(torchrun_results, engines_root):
+    """`fsdp_activation_checkpointing` (ignored before: the model is sharded before Accelerate sees it): each encoder
+    layer runs again in the backward, and the run logs the same losses and ends with the same weights."""
+    plain, checkpointed = torchrun_results["fsdp2-clip"][0], torchrun_results["fsdp2-clip-checkpointed"][0]
+    assert plain["layer_calls"] > 0 and checkpointed["layer_calls"] == 2 * plain["layer_calls"]
+    assert losses_and_scales(checkpointed) == losses_and_scales(plain)
+    assert max_difference(engines_root / "fsdp2-clip", engines_root / "fsdp2-clip-checkpointed") == 0.0
+    assert_loads_as_plain(engines_root / "fsdp2-clip-checkpointed", "clip")
+
+
+@pytest.fixture(scope="module")
+def deepspeed_results(engines_root):
+    """One `accelerate launch --use_deepspeed` (ZeRO-2; the ZeRO-3 runs switch stage): CLIP (with a resume) and a
+    stream on ZeRO-2; CLIP (with a resume) and SigLIP on ZeRO-3; a bf16 SigLIP run on each stage."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is an optional engine (pip install deepspeed)")
     root = engines_root
     runs = engine_runs(root, "clip", "deepspeed", extra=["--ddp_backend", "gloo"])
+    runs[0]["count_syncs"] = True
     stream = ["--streaming", "true", "--train_file", str(root / "stream" / "part-*.parquet"), "--max_bad_fraction", "0.5"]  # fmt: skip
     runs.append({"name": "deepspeed-stream", "argv": runs[0]["argv"] + stream + ["--output_dir", str(root / "ds-stream")]})  # fmt: skip
+    runs += engine_runs(root, "clip", "zero3", extra=["--ddp_backend", "gloo"])
+    runs += engine_runs(root, "siglip", "zero3", extra=["--ddp_backend", "gloo"])[:1]  # (resumes: tested with CLIP)
+    for engine in ("deepspeed", "zero3"):
+        runs.append(bf16_run(root, engine))
+        runs[-1]["argv"] += ["--ddp_backend", "gloo"]
     (root / "deepspeed").mkdir()
-    results = run_spec(root / "deepspeed", runs, [*ACCELERATE, "--use_deepspeed", "--zero_stage", "2"])
+    return run_spec(root / "deepspeed", runs, [*ACCELERATE, "--use_deepspeed", "--zero_stage", "2"])
+
+
+def learning_rates(result: dict) -> list[float]:
+    return [e["lr"] for e in result["log"] if "loss" in e]
+
+
+def update_syncs(result: dict) -> list[dict]:
+    """Host syncs of each `training_step` after the first (one batch and one update each here; the first also builds
+    the optimizer state), without the reads that are by design (`distributed_train_check.reads_by_design`)."""
+    return result["syncs"][1:]
+
+
+@pytest.mark.slow
+def test_deepspeed_learning_rate_schedule_steps_as_under_ddp_and_resumes(torchrun_results, deepspeed_results):
+    """The scheduler goes through `prepare` with the model and optimizer (alone, DeepSpeed's `prepare` left it
+    unwrapped: it stepped once per batch instead of once per update and process, and no checkpoint held it)."""
+    ddp, deepspeed = torchrun_results["ddp-clip"][0], deepspeed_results["deepspeed-clip"][0]
+    resumed = deepspeed_results["deepspeed-clip-resumed"][0]
+    # Cosine over 4 updates with 2 of warm-up, the rate after each update: exactly DDP's, also after the resume.
+    assert learning_rates(ddp) == [5e-4, 1e-3, 5e-4, 0.0]
+    assert learning_rates(deepspeed) == learning_rates(ddp) and learning_rates(resumed) == learning_rates(ddp)[2:]
+
+
+@pytest.mark.slow
+def test_deepspeed_update_reads_nothing_on_the_host(torchrun_results, deepspeed_results):
+    """No host sync in an update, as under DDP: the loop neither asks Accelerate for the gradient norm (DeepSpeed
+    clips in its own step) nor reads the scale to decide whether to clamp it (before: 2 per update). Counted apart:
+    DeepSpeed's own step (it checks the norm it clips with: 3 scalar reads and 2 uploads per update on ZeRO-2), Adam's host-side step counters and
+    the model's exchange of batch sizes over a CPU group."""
+    ddp, deepspeed = torchrun_results["ddp-clip"][0], deepspeed_results["deepspeed-clip"][0]
+    assert update_syncs(deepspeed) == update_syncs(ddp) == [{}, {}, {}], (deepspeed["syncs"], ddp["syncs"])
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_trains_checkpoints_resumes_and_exports_as_ddp(torchrun_results, deepspeed_results, engines_root):  # fmt: skip
+    """ZeRO-2 through `accelerate launch --use_deepspeed` on 2 CPU processes (DeepSpeed's CPU accelerator, gloo):
+    the clamp acts on DeepSpeed's fp32 master weights, the export gathers them."""
+    root, results = engines_root, deepspeed_results
     ddp, deepspeed, resumed = torchrun_results["ddp-clip"][0], results["deepspeed-clip"][0], results["deepspeed-clip-resumed"][0]  # fmt: skip
     for expected, actual in zip(losses_and_scales(ddp), losses_and_scales(deepspeed), strict=True):
         assert actual == pytest.approx(expected, rel=1e-5)
@@ -385,9 +471,64 @@ def test_deepspeed_zero2_trains_checkpoints_resumes_and_exports_as_ddp(torchrun_
     assert scales[0] == pytest.approx(MAX_LOGIT_SCALE["clip"]) and max(scales) <= MAX_LOGIT_SCALE["clip"] * (1 + 1e-6)
     folder = root / "deepspeed-clip"
     assert json.loads((folder / "training_args.json").read_text())["distributed_type"] == "DEEPSPEED"
-    # 4 Adam steps at lr 1e-3 on the same batches; float32 sums in another order (seen: 1e-6).
+    # 4 Adam steps (lr 0 to 1e-3) on the same batches; float32 sums in another order (seen: 4e-7).
     assert max_difference(root / "ddp-clip", folder) < 1e-5
     plain = assert_loads_as_plain(folder, "clip")
     assert plain.logit_scale.shape == () and plain.logit_scale.dtype == torch.float32
     assert results["deepspeed-stream"][0]["completed_steps"] == 4  # no data loader through `prepare`: batch size set
     assert_loads_as_plain(root / "ds-stream", "clip")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["clip", "siglip"])
+def test_deepspeed_zero3_trains_checkpoints_resumes_and_exports_as_ddp(model_type, torchrun_results, deepspeed_results, engines_root):  # fmt: skip
+    """ZeRO-3: the model built whole and partitioned by DeepSpeed (`zero.Init` cannot take CLIP's 0-dim scale), the
+    clamp on each process's part of the 1-element scale (and its gathered copy), checkpoints (CLIP: and the resume),
+    and an export built on process 0 alone; against DDP."""
+    ddp, zero3 = torchrun_results[f"ddp-{model_type}"][0], deepspeed_results[f"zero3-{model_type}"][0]
+    assert zero3["completed_steps"] == 4 and learning_rates(zero3) == learning_rates(ddp)
+    for expected, actual in zip(losses_and_scales(ddp), losses_and_scales(zero3), strict=True):
+        assert actual == pytest.approx(expected, rel=1e-5)
+    if model_type == "clip":  # the resumed run goes on from step 2 exactly
+        resumed = deepspeed_results["zero3-clip-resumed"][0]
+        assert learning_rates(resumed) == learning_rates(ddp)[2:]
+        assert losses_and_scales(resumed) == losses_and_scales(zero3)[2:]
+    scales = [e[-1] for e in losses_and_scales(zero3)]
+    assert scales[0] == pytest.approx(MAX_LOGIT_SCALE[model_type]) and max(scales) <= MAX_LOGIT_SCALE[model_type] * (1 + 1e-6)  # fmt: skip
+    folder = engines_root / f"zero3-{model_type}"
+    assert max_difference(engines_root / f"ddp-{model_type}", folder) < 1e-5
+    plain = assert_loads_as_plain(folder, model_type)
+    assert tuple(plain.logit_scale.shape) == (() if model_type == "clip" else (1,))
+
+
+def bf16_result(engine: str, torchrun_results: dict, deepspeed_results: dict) -> dict:
+    return (torchrun_results if engine in ("ddp", "fsdp2") else deepspeed_results)[f"{engine}-bf16"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fsdp2", "deepspeed", "zero3"])
+def test_bf16_forward_uses_the_fp32_logit_scale_and_bias(engine, torchrun_results, deepspeed_results):
+    """In bf16, every forward multiplies by the fp32 scale (and adds the fp32 bias) that DDP's autocast uses: the
+    first ones are DDP's, each next scale the fp32 value logged after the update before it (in bf16, a scale of 100
+    reads 98.86, a bias of -12.9 reads -12.875, and updates of 1e-3 vanish)."""
+    ddp, run = (bf16_result(name, torchrun_results, deepspeed_results) for name in ("ddp", engine))
+    for forward in ddp["scales"] + run["scales"]:
+        assert {name: dtype for name, (dtype, _) in forward.items()} == {"logit_scale": "torch.float32", "logit_bias": "torch.float32"}  # fmt: skip
+    for name in ("logit_scale", "logit_bias"):
+        assert run["scales"][0][name][1] == pytest.approx(ddp["scales"][0][name][1], rel=1e-6)
+    logged = [e["logit_scale"] for e in run["log"] if "loss" in e]
+    used = [forward["logit_scale"][1][0] for forward in run["scales"]]
+    assert used[1:] == pytest.approx(logged[:-1], rel=1e-6) and used[1] != used[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fsdp2", "deepspeed", "zero3"])
+def test_bf16_exports_the_frozen_tower_as_loaded(engine, torchrun_results, deepspeed_results, engines_root):
+    """A frozen vision tower trained in bf16 is exported bit-identical to the fp32 weights it was loaded with (under
+    DeepSpeed's own bf16 mode, 25 of its 48 tensors came back rounded)."""
+    assert bf16_result(engine, torchrun_results, deepspeed_results)["completed_steps"] == 3
+    initial = load_file(engines_root / "siglip-scaled" / "model.safetensors")
+    exported = load_file(engines_root / f"{engine}-bf16" / "model.safetensors")
+    frozen = [key for key in initial if key.startswith("vision_model.")]
+    assert frozen and [key for key in frozen if not torch.equal(exported[key], initial[key])] == []
+    assert all(exported[key].dtype == torch.float32 for key in exported)

@@ -93,6 +93,12 @@ def empty_batch(collator: ConceptCollator) -> dict[str, torch.Tensor]:
     return {key: value[:0] for key, value in batch.items() if isinstance(value, torch.Tensor)}
 
 
+def pin_memory(accelerator: Accelerator) -> bool:
+    """Batches for an accelerator are collated into pinned memory, so that their copy does not block the host
+    (`training_step` copies them with `non_blocking=True`)."""
+    return accelerator.device.type != "cpu"
+
+
 def split_stream(stream: IterableDataset, rank: int, world_size: int) -> IterableDataset:
     """This process's part of `stream`: whole shards whenever there are at least as many shards as processes (each
     process reads only its own shards; parts of different sizes are fine, see `lockstep`), otherwise every
@@ -184,6 +190,7 @@ class Loaders:
             batch_size=None,  # batches of rows from `_StreamBatches`, made in the workers
             collate_fn=_WorkerBatchCollator(self.collator),
             num_workers=self.num_workers,
+            pin_memory=pin_memory(self.accelerator),
         )
         return (batch for batch in loader if batch is not None)
 
@@ -257,6 +264,7 @@ def build_loaders(
             drop_last=True,
             collate_fn=collator,
             num_workers=data_args.dataloader_num_workers,
+            pin_memory=pin_memory(accelerator),
         )
 
     validation = None
@@ -267,7 +275,12 @@ def build_loaders(
         eval_collator = ConceptCollator(**{**collator.__dict__, "image_root": eval_root})
         if isinstance(eval_dataset, IterableDataset):
             eval_dataset = split_stream(eval_dataset, accelerator.process_index, accelerator.num_processes)
-        validation = DataLoader(eval_dataset, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collator)
+        validation = DataLoader(
+            eval_dataset,
+            batch_size=args.per_device_eval_batch_size,
+            collate_fn=eval_collator,
+            pin_memory=pin_memory(accelerator),
+        )
 
     loaders = Loaders(
         accelerator=accelerator,

@@ -23,7 +23,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import send_to_device, set_seed
+from accelerate.utils import DistributedType, send_to_device, set_seed
 from huggingface_hub.errors import HFValidationError
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoProcessor, PreTrainedModel, get_scheduler
@@ -46,6 +46,7 @@ from .engines import (
     prepare,
     prepare_for_engine,
     read_parameter,
+    whole_model_init,
 )
 from .state import TrainState
 
@@ -127,23 +128,25 @@ def prepare_training(accelerator: Accelerator, model: PreTrainedModel, loaders: 
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
     )
-    if loaders.streaming:  # this process's part of the stream: not for Accelerate to shard again
-        model, optimizer = prepare(accelerator, model, optimizer)
-    else:
-        model, optimizer, loaders.train = prepare(accelerator, model, optimizer, loaders.train)
-    if loaders.validation is not None and not isinstance(loaders.validation.dataset, datasets.IterableDataset):
-        loaders.validation = accelerator.prepare(loaders.validation)
     if args.max_train_steps is None:
         updates_per_epoch = math.ceil(loaders.batches_per_epoch / args.gradient_accumulation_steps)
         args.max_train_steps = math.ceil(args.num_train_epochs * updates_per_epoch)
-    # The prepared scheduler steps once per process for each optimizer step (as in the accelerate examples).
+    # The prepared scheduler steps once per process for each optimizer step (as in the accelerate examples). It is
+    # prepared with the model and optimizer: alone, DeepSpeed's `prepare` would leave it unwrapped (stepping at
+    # every batch) and out of the checkpoints.
     scheduler = get_scheduler(
         args.lr_scheduler_type,
         optimizer=optimizer,
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
-    return model, optimizer, accelerator.prepare(scheduler)
+    if loaders.streaming:  # this process's part of the stream: not for Accelerate to shard again
+        model, optimizer, scheduler = prepare(accelerator, model, optimizer, scheduler)
+    else:
+        model, optimizer, scheduler, loaders.train = prepare(accelerator, model, optimizer, scheduler, loaders.train)
+    if loaders.validation is not None and not isinstance(loaders.validation.dataset, datasets.IterableDataset):
+        loaders.validation = accelerator.prepare(loaders.validation)
+    return model, optimizer, scheduler
 
 
 def run_record(
@@ -307,11 +310,17 @@ def loss_terms(outputs) -> dict[str, torch.Tensor]:
 def training_step(run: Run, batch: dict[str, Any]) -> bool:
     """Forward, backward and, every `gradient_accumulation_steps` batches, an update; True after an update."""
     accelerator, model, args = run.accelerator, run.model, run.args
-    batch = send_to_device(batch, accelerator.device)
+    batch = send_to_device(batch, accelerator.device, non_blocking=True)  # from pinned memory (`build_loaders`)
     with accelerator.accumulate(model):
         outputs = model(**batch, return_loss=True)
         accelerator.backward(outputs.loss)
-        if accelerator.sync_gradients and args.max_grad_norm:
+        # DeepSpeed clips in its step (`gradient_clipping`, set from --max_grad_norm); Accelerate would only read
+        # the norm back to the host.
+        if (
+            accelerator.sync_gradients
+            and args.max_grad_norm
+            and accelerator.distributed_type != DistributedType.DEEPSPEED
+        ):
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         run.optimizer.step()
         run.scheduler.step()
@@ -436,7 +445,7 @@ def evaluate_loss(run: Run) -> dict[str, float]:
         skipped = {reason: skipped[reason] + step.skipped[reason] for reason in skipped}
         if not step.processes_with_rows:
             continue
-        batch = send_to_device(step.batch or run.loaders.empty_batch, accelerator.device)
+        batch = send_to_device(step.batch or run.loaders.empty_batch, accelerator.device, non_blocking=True)
         for name, value in loss_terms(run.model(**batch, return_loss=True)).items():
             sums[name] = sums.get(name, 0.0) + value
         batches += 1
@@ -509,8 +518,9 @@ def train(arguments: Arguments) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     if not (args.overwrite_output_dir or args.resume_from_checkpoint) and (output_dir / "config.json").exists():
         raise FileExistsError(f"{output_dir} already holds a model; pass --overwrite_output_dir or resume.")
-    # 2. Model and processor, with the concept losses' settings.
-    model, processor = build_model(arguments.model, arguments.concept.loss_config())
+    # 2. Model and processor, with the concept losses' settings (whole on each process, even under ZeRO-3).
+    with whole_model_init(accelerator):
+        model, processor = build_model(arguments.model, arguments.concept.loss_config())
     # 3. Data: datasets with concepts, collator, this process's loaders.
     loaders, extractor = build_loaders(accelerator, arguments, processor, model.config.model_type)
     # 4. The engine's model, optimizer, scheduler and data loaders.
