@@ -25,6 +25,10 @@ class TrainState:
         rows_seen: rows read by all processes together.
         rows_in_epoch: the part of `rows_seen` read in the epoch in progress.
         skipped: rows dropped by the collator, per reason, all processes together.
+        bad_rows: the index in the training data of each row counted in `skipped`, per reason (map-style data; a
+            row read in several epochs is listed as often), up to the last checkpoint: a resumed run reads them
+            again and no longer counts those that are good now.
+        data_rows: rows of the map-style training data the run started with.
     """
 
     completed_steps: int = 0
@@ -34,6 +38,8 @@ class TrainState:
     rows_seen: int = 0
     rows_in_epoch: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    bad_rows: dict[str, list[int]] = field(default_factory=dict)
+    data_rows: int | None = None
 
     def save(self, folder: str | Path) -> None:
         Path(folder, STATE_FILE).write_text(json.dumps(asdict(self), indent=1) + "\n")
