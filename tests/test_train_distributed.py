@@ -153,7 +153,7 @@ def stream_runs(root: Path) -> list[dict]:
     resumed = flags + ["--resume_from_checkpoint", str(root / "stream-out" / "checkpoints" / "checkpoint-4")]
     return [
         {"name": "stream", "argv": flags, "record_rows": True},
-        {"name": "stream-resumed", "argv": resumed + ["--overwrite_output_dir"], "record_rows": True},
+        {"name": "stream-resumed", "argv": resumed, "record_rows": True},
     ]
 
 
@@ -178,7 +178,7 @@ def tar_stream_runs(root: Path) -> list[dict]:
     resumed = flags + ["--resume_from_checkpoint", str(root / "tar-stream-out" / "checkpoints" / "checkpoint-4")]
     return [
         {"name": "tar-stream", "argv": flags, "record_rows": True},
-        {"name": "tar-stream-resumed", "argv": resumed + ["--overwrite_output_dir"], "record_rows": True},
+        {"name": "tar-stream-resumed", "argv": resumed, "record_rows": True},
     ]
 
 

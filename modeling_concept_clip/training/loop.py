@@ -32,11 +32,11 @@ import modeling_concept_clip
 
 from .. import ConceptCLIPModel, ConceptLossConfig, ConceptSiglipModel
 from ..collator import SKIP_REASONS
-from ..commands.init_model import read_init_record
 from ..concepts import ConceptExtractorConfig, spacy_model_fingerprint
 from ..evaluation import EmbeddingConfig, evaluate_model, read_benchmark_file, save_runs
 from ..hub import push_checkpoint
 from ..model_cards import write_model_card
+from ..small_models import read_init_record
 from .arguments import Arguments, ModelArguments, TrainingArguments
 from .data import Loaders, build_loaders, lockstep
 from .engines import (
@@ -155,8 +155,8 @@ def prepare_training(accelerator: Accelerator, model: PreTrainedModel, loaders: 
 
 
 def initial_weights(model_args: ModelArguments) -> str:
-    """'random' when the run starts from no trained weights (a config, or a folder written by `concept-clip-init`),
-    'pretrained' when it starts from a checkpoint's weights (the model card says which)."""
+    """'random' when the run starts from no trained weights (a config, or a folder with a `random_init.json`, as
+    `concept-clip-init` writes), 'pretrained' when it starts from a checkpoint's weights (the model card says which)."""
     if model_args.model_name_or_path is None:
         return "random"
     return "random" if read_init_record(model_args.model_name_or_path) else "pretrained"
