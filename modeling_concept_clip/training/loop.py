@@ -624,9 +624,9 @@ def train(arguments: Arguments) -> dict[str, Any]:
     check_free_space(accelerator, args, sum(n for n, _ in parameters), sum(n for n, grad in parameters if grad))
     # 5. A new run or the checkpoint it resumes from; the run's record, log and trackers.
     state = resume_state(accelerator, checkpoint)
-    if checkpoint is None and loaders.dataset is not None:
-        state.data_rows = len(loaders.dataset)
     recount_bad_rows(loaders, state)
+    if state.data_rows is None and loaders.dataset is not None:  # a new run (or a checkpoint of an older version)
+        state.data_rows = len(loaders.dataset)
     log_startup(accelerator, arguments, loaders, state, sum(n for n, grad in parameters if grad))
     record = run_record(accelerator, arguments, extractor)
     if args.report_to != "none":
