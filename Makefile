@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install test demo lint bench gpu-check clean
+.PHONY: install test check-wheel demo lint bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml requirements/spacy-model.txt
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q
+
+# The package as `pip install .` gives it (a wheel in a fresh environment), used from outside the repository: every
+# console script's --help and a 2-step training (.ci/check_wheel.py). `make` itself installs in editable mode, which
+# hides missing package files. CI runs it after `make test`.
+check-wheel: install
+	HF_HUB_OFFLINE=1 $(PY) .ci/check_wheel.py
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -87,6 +87,8 @@ class TrainingRecord:
     Attributes:
         arguments: the argument groups of the run (`"model"`, `"data"`, `"concept"`, `"training"`), as recorded.
         model_name_or_path: the base model (a Hub id or a local folder), `None` when trained from scratch.
+        initial_weights: `"random"` when the run started from no trained weights (a config, or a folder written by
+            `concept-clip-init`), `"pretrained"` when from a checkpoint's; `None` in records of earlier versions.
         concept_extraction: the `ConceptExtractorConfig` of the extraction the run did itself, if any.
     """
 
@@ -121,6 +123,7 @@ class TrainingRecord:
     mixed_precision: str | None = None
     seed: int | None = None
     # RUN_KEYS
+    initial_weights: str | None = None
     completed_steps: int | None = None
     num_processes: int = 1
     recipe: str | None = None
@@ -136,7 +139,7 @@ class TrainingRecord:
         return (self.per_device_train_batch_size or 0) * self.num_processes * self.gradient_accumulation_steps
 
 
-RUN_KEYS = ("completed_steps", "num_processes", "recipe", "concept_extraction", "versions")
+RUN_KEYS = ("initial_weights", "completed_steps", "num_processes", "recipe", "concept_extraction", "versions")
 
 
 def read_training_record(folder: str | Path) -> TrainingRecord | None:
@@ -255,7 +258,9 @@ def build_model_card(
     if training is None:
         logger.warning("%s has no %s: the card cannot say how the model was trained.", folder, TRAINING_ARGS_FILE)
 
-    base_source = training.model_name_or_path if training else None
+    # A run from no trained weights (a config, or a concept-clip-init folder) has no base model.
+    from_random = training is not None and training.initial_weights == "random"
+    base_source = training.model_name_or_path if training and not from_random else None
     base_model = options.base_model or (base_source if looks_like_hub_id(base_source) else None)
     dataset_on_hub = training is not None and looks_like_hub_id(training.dataset_name)
     datasets = options.datasets
@@ -303,6 +308,8 @@ def build_model_card(
         model_ref=repo_id or str(folder),
         base_model=base_model,
         base_source=base_source,
+        from_random=from_random,
+        init_folder=training.model_name_or_path if from_random else None,
         training=training,
         control=training is not None and not training.concept_loss,
         dataset_on_hub=dataset_on_hub,

@@ -32,6 +32,8 @@ SKIP_REASONS = ("image", "caption", "concepts")
 class SkippedRow:
     reason: str  # one of SKIP_REASONS
     detail: str  # what was wrong, naming the row (image path or caption)
+    position: int | None = None  # its position in the rows given to the collator
+    index: int | None = None  # its index in the dataset, where the data loader knows it (training's bad-row counts)
 
 
 def unique_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,10 +118,11 @@ class ConceptCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         images, captions, concepts, skipped = [], [], [], []
-        for row in rows:
+        for position, row in enumerate(rows):
             caption = row.get(self.caption_column)
             if not isinstance(caption, str) or not caption.strip():
-                skipped.append(SkippedRow("caption", f"{_describe(row, self.image_column)}: caption {caption!r}"))
+                detail = f"{_describe(row, self.image_column)}: caption {caption!r}"
+                skipped.append(SkippedRow("caption", detail, position))
                 continue
             row_concepts = []
             if self.concepts_column is not None:
@@ -133,13 +136,15 @@ class ConceptCollator:
                     value = None
                 row_concepts = [c for c in (value or []) if isinstance(c, str) and c.strip()]
                 if not row_concepts:
-                    skipped.append(SkippedRow("concepts", f"{_describe(row, self.image_column)}: no concepts"))
+                    skipped.append(
+                        SkippedRow("concepts", f"{_describe(row, self.image_column)}: no concepts", position)
+                    )
                     continue
                 row_concepts = row_concepts[: self.max_concepts_per_image]
             try:
                 image = self._load_image(row.get(self.image_column))
             except Exception as error:  # any unreadable image is a counted skip, whatever PIL raises
-                skipped.append(SkippedRow("image", f"{_describe(row, self.image_column)}: {error}"))
+                skipped.append(SkippedRow("image", f"{_describe(row, self.image_column)}: {error}", position))
                 continue
             images.append(image)
             captions.append(caption)

@@ -8,8 +8,10 @@ the legacy argmax of the ids, which `transformers` uses when `eos_token_id == 2`
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 
 from transformers import (
     CLIPConfig,
@@ -26,6 +28,24 @@ from transformers import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Written next to randomly initialised weights (`concept-clip-init`, the shapes world's initial model): training from
+# such a folder is recorded as starting from a random initialisation, not as a fine-tune of it.
+INIT_RECORD = "random_init.json"
+
+
+def write_init_record(folder: str | Path, **details) -> Path:
+    """Record in `folder` that its weights are a random initialisation, with how they were made (`details`)."""
+    path = Path(folder) / INIT_RECORD
+    path.write_text(json.dumps({"initial_weights": "random", **details}, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_init_record(folder: str | Path) -> dict | None:
+    """What `write_init_record` wrote in `folder` (`None` for any other folder or a Hub id)."""
+    path = Path(folder) / INIT_RECORD
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
 
 # Initial logit scale and bias of a SigLIP trained from scratch (Zhai et al., 2023).
 SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS = 10.0, -10.0

@@ -4,7 +4,8 @@ examples/README.md resolves, and every command in them is parsed by the command-
 A command is run up to the point where its tool has parsed the arguments (`argparse`/`HfArgumentParser`), then
 stopped: a misspelled flag, a bad choice or a missing recipe file fails here, no training starts. `make` targets
 run with `make -n`, shell scripts with their `--dry_run`, whose printed command is checked in turn. Flags named alone
-in the text (`--eval_steps`) must belong to one of the project's tools. Python code blocks must compile.
+in the text (`--eval_steps`) must belong to one of the project's tools. Python code blocks run as written, unless
+their first line marks them as an excerpt (`# Excerpt: <what it needs>`); excerpts must compile.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$", re.MULTILINE)
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
+EXCERPT = re.compile(r"^# Excerpt: \S")
 
 
 # ----------------------------------------------------------------------------------------------------- Markdown
@@ -282,6 +284,24 @@ def test_links_and_anchors_resolve(page):
 @pytest.mark.parametrize("page", PAGES, ids=lambda path: str(path.relative_to(ROOT)))
 def test_commands_parse_with_their_tools(page, flags):
     assert command_problems(page, flags) == []
+
+
+def test_python_blocks_run_unless_marked_as_excerpts(tmp_path, monkeypatch):
+    """Every Python block runs as written (offline, in a folder where `outputs/c2lip` holds a trained checkpoint, as
+    after the training commands of the documentation), or says in its first line that it is an excerpt and what it
+    needs."""
+    from modeling_concept_clip.testing_utils import save_tiny_checkpoint
+
+    save_tiny_checkpoint(tmp_path / "outputs" / "c2lip", "clip")
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    for page in PAGES:
+        for language, code in split_markdown(page.read_text(encoding="utf-8"))[1]:
+            if language == "python" and not EXCERPT.match(code):
+                exec(compile(code, f"{page.name} code block", "exec"), {"__name__": "__main__"})
+                ran.append(page.name)
+    assert "hub_and_model_cards.md" in ran
+    assert (tmp_path / "outputs" / "c2lip" / "README.md").is_file()  # what the block writes
 
 
 def test_readme_stays_short():

@@ -70,6 +70,10 @@ def test_init_writes_a_folder_that_trains_two_steps(model_type, data, tmp_path, 
         assert result["completed_steps"] == 2 and [entry["step"] for entry in read_log(out)] == [1, 2]
         if how[0] == "--model_name_or_path":
             assert_plain_checkpoint(out, model_type)
+        # The folder's weights are a random initialisation: the card does not call the run a fine-tune of it.
+        card = (out / "README.md").read_text()
+        assert "trained with C2LIP from a random initialisation" in card, card[:1500]
+        assert "a C2LIP fine-tune" not in card and "Fine-tuned from" not in card
 
 
 @pytest.mark.parametrize(

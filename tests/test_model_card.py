@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def training_args(output_dir: Path, concept_loss: bool = True, base: str = BASE,
         "training": asdict(train),
         "recipe": "training/configs/siglip_b16_cc3m.yaml",
         "concept_extraction": ConceptExtractorConfig(max_concepts=6).to_dict() if concept_loss else None,
+        "initial_weights": "pretrained",
         "num_processes": 8,
         "global_batch_size": 768,
         "versions": {"modeling_concept_clip": "0.1.0.dev0", "transformers": "5.24.0"},
@@ -164,6 +166,26 @@ def test_control_run_and_local_base_model(tiny_siglip, tmp_path):
     assert "model-index" not in card.data.to_dict() and "No evaluation results" in card.text
     assert card.data.license == "mit" and "demo" in card.data.tags
     assert f'from_pretrained("{folder}")' in card.text  # no repo id: the snippets load the folder
+
+
+@pytest.mark.parametrize("start", ["pretrained", "random"])
+def test_card_says_whether_the_run_started_from_trained_weights(start, tiny_siglip, tmp_path):
+    """A run from a `concept-clip-init` folder (random weights) is not "a fine-tune" of it."""
+    folder, start_folder = tmp_path / "c2lip", tmp_path / "small-clip"
+    shutil.copytree(tiny_siglip, folder)
+    shutil.copytree(tiny_siglip, start_folder)
+    args = training_args(folder, base=str(start_folder))
+    args["initial_weights"] = start
+    (folder / "training_args.json").write_text(json.dumps(args))
+    text = build_model_card(folder, options=ModelCardOptions(license="mit")).text
+    if start == "random":
+        assert "This is a model trained with C2LIP from a random initialisation, a `SiglipModel`" in text
+        assert f"**Base model:** none: trained from a random initialisation (the folder `{start_folder}`" in text
+        assert f"Trained from a random initialisation (the folder `{start_folder}`) on" in text
+        assert "a C2LIP fine-tune" not in text and "Fine-tuned from" not in text
+    else:
+        assert f"This is a C2LIP fine-tune of `{start_folder}`, a `SiglipModel`" in text
+        assert f"Fine-tuned from `{start_folder}` (a local folder)" in text
 
 
 def test_folder_without_training_record(tiny_siglip):

@@ -1,12 +1,15 @@
 """training/train.py end to end on tiny models and tiny data written by the tests (CPU, offline)."""
 
+import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -137,6 +140,11 @@ def write_bad_rows(folder: Path) -> dict[str, str]:
     return data
 
 
+def printed_resume_flags(message: str) -> list[str]:
+    """The flags that the bad-row stop says to add to the same command, parsed as a shell would."""
+    return shlex.split(re.search(r"the same command with `([^`]+)`", message).group(1))
+
+
 def test_bad_rows_are_skipped_and_counted(checkpoints, tmp_path):
     data = write_bad_rows(tmp_path / "data")
     out = tmp_path / "out"
@@ -159,16 +167,158 @@ def test_bad_rows_are_skipped_and_counted(checkpoints, tmp_path):
     message = str(error.value)
     assert "--max_bad_fraction 10.0% of the 21 rows read by the end of epoch 0" in message
     assert "missing.png" in message or "corrupt.png" in message or "caption" in message
-    checkpoint = re.search(r"--resume_from_checkpoint (\S+)\.$", message).group(1)
+    resume = printed_resume_flags(message)
+    checkpoint = resume[resume.index("--resume_from_checkpoint") + 1]
     assert Path(checkpoint).parent == stopped / "checkpoints" and int(checkpoint.rsplit("-", 1)[1]) < 3
     assert not (stopped / "model.safetensors").exists()
     # Resumed with a higher threshold, it ends as the run that never stopped: same rows, counts and weights.
-    resume = ["--max_bad_fraction", "0.5", "--resume_from_checkpoint", checkpoint]
-    run_training(flags + resume)
+    run_training(flags + ["--max_bad_fraction", "0.5"] + resume)
     same = ("step", "loss", "rows_seen", "skipped_image", "skipped_caption", "skipped_concepts")
     assert [[e[k] for k in same] for e in read_log(stopped)] == [[e[k] for k in same] for e in read_log(out)]
     expected, actual = load_file(out / "model.safetensors"), load_file(stopped / "model.safetensors")
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def test_bad_row_stop_advice_works_after_fixing_the_rows(checkpoints, tmp_path):
+    """The stop says: fix the bad rows in place, then the same command with `--resume_from_checkpoint ...`. Done
+    as printed, the run finishes: the rows counted as bad are read again, and the fixed ones no longer count."""
+    data = write_bad_rows(tmp_path / "data")
+    out = tmp_path / "out"
+    flags = common_flags(checkpoints["clip"], out, steps=3, batch=7) + as_flags(data) + ["--max_bad_fraction", "0.1"]
+    with pytest.raises(RuntimeError, match="Too many bad rows: 3 of the 14 rows") as error:
+        run_training(flags)
+    # Fixed in place: the same 21 rows in the same order, each now with an image, a caption and concepts.
+    rows = [json.loads(line) for line in Path(data["train_file"]).read_text().splitlines()]
+    for row in rows[16:]:
+        row.update(image=f"images/{row['image'].split('/')[-1]}", caption="a red star", concepts=["a red star"])
+    Path(data["train_file"]).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for name in ("missing.png", "corrupt.png"):
+        Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp_path / "data" / "images" / name)
+    result = run_training(flags + printed_resume_flags(str(error.value)))
+    assert result["completed_steps"] == 3
+    log = read_log(out)
+    assert [entry["step"] for entry in log] == [1, 2, 3]
+    assert log[1]["skipped_image"] + log[1]["skipped_caption"] + log[1]["skipped_concepts"] == 3  # before the stop
+    assert (log[-1]["rows_seen"], log[-1]["skipped_image"], log[-1]["skipped_caption"]) == (21, 0, 0)
+    assert log[-1]["skipped_concepts"] == 0
+    assert (out / "model.safetensors").is_file()
+
+
+def folder_content(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+def test_a_new_run_needs_an_empty_folder_and_overwrite_empties_it(checkpoints, tmp_path):
+    rows = make_rows(16)
+    data = write_dataset(tmp_path / "data", "jsonl", rows)
+    out = tmp_path / "out"
+    flags = common_flags(checkpoints["clip"], out) + as_flags(data)
+    run_training(
+        flags + ["--eval_benchmarks", str(write_probe_benchmark(tmp_path, rows)), "--checkpointing_steps", "1"]
+    )
+    assert (out / "results.json").is_file() and (out / "checkpoints" / "checkpoint-2").is_dir()
+    # A folder holding a run, finished or stopped (checkpoints and a log only), is refused before anything is loaded.
+    stopped = tmp_path / "stopped"
+    shutil.copytree(out / "checkpoints", stopped / "checkpoints")
+    shutil.copy(out / "train_log.jsonl", stopped)
+    for folder in (out, stopped):
+        before = folder_content(folder)
+        with pytest.raises(FileExistsError, match=f"--output_dir {folder} holds another run or other files"):
+            run_training(flags[: -len(as_flags(data))] + ["--output_dir", str(folder)] + as_flags(data))
+        assert folder_content(folder) == before
+    # --overwrite_output_dir empties it: the new run's card and folder have nothing of the old run.
+    run_training(flags + ["--overwrite_output_dir"])
+    assert not (out / "results.json").exists() and not (out / "checkpoints").exists()
+    assert "No evaluation results accompany this checkpoint" in (out / "README.md").read_text()
+    assert [entry["step"] for entry in read_log(out)] == [1, 2]
+    # ... but never a folder holding what the run reads.
+    with pytest.raises(ValueError, match="--overwrite_output_dir would delete .*data, which holds"):
+        run_training(
+            common_flags(checkpoints["clip"], tmp_path / "data") + as_flags(data) + ["--overwrite_output_dir"]
+        )
+    assert Path(data["train_file"]).is_file()
+
+
+def test_resuming_from_an_older_checkpoint_drops_the_abandoned_history(checkpoints, tmp_path):
+    """Resumed from checkpoint 1 of a 3-step run, the folder holds this run's history only: `latest` and the
+    checkpoint limit never see the abandoned checkpoint 3, its export or its final model."""
+    data = write_dataset(tmp_path / "data", "jsonl", make_rows(16))
+    out = tmp_path / "out"
+    flags = as_flags(data) + ["--checkpointing_steps", "1", "--checkpoints_total_limit", "3", "--export_steps", "3"]
+    run_training(common_flags(checkpoints["clip"], out, steps=3) + flags)
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == [f"checkpoint-{i}" for i in (1, 2, 3)]
+    resume = ["--resume_from_checkpoint", str(out / "checkpoints" / "checkpoint-1")]
+    run_training(common_flags(checkpoints["clip"], out, steps=2) + flags + resume)
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["checkpoint-1", "checkpoint-2"]
+    assert not (out / "export-3").exists()
+    assert json.loads((out / "training_args.json").read_text())["completed_steps"] == 2
+    assert [entry["step"] for entry in read_log(out)] == [1, 2]
+
+
+def test_checkpoints_on_a_disk_per_node(tmp_path):
+    """With --save_on_each_node the first process of every node (here: of node 1, not the main process) turns its
+    `.partial-N` into `checkpoint-N`; without it only process 0 writes, on the one shared file system."""
+    from types import SimpleNamespace
+
+    from modeling_concept_clip.training.arguments import TrainingArguments
+    from modeling_concept_clip.training.loop import save_checkpoint
+    from modeling_concept_clip.training.state import TrainState
+
+    def node_1(save_on_each_node: bool) -> Path:
+        out = tmp_path / f"each-node-{save_on_each_node}"
+        accelerator = SimpleNamespace(
+            is_main_process=False, is_local_main_process=True, wait_for_everyone=lambda: None,
+            save_state=lambda folder: Path(folder, "random_states_1.pkl").write_bytes(b"state"),
+        )  # fmt: skip
+        args = TrainingArguments(output_dir=str(out), save_on_each_node=save_on_each_node)
+        run = SimpleNamespace(accelerator=accelerator, args=args, new_bad_rows=[])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("modeling_concept_clip.training.loop.gather_object", lambda rows: rows)
+            if not save_on_each_node:  # process 0 created it on the shared file system
+                (out / "checkpoints" / ".partial-4").mkdir(parents=True)
+            save_checkpoint(run, TrainState(completed_steps=4))
+        return out / "checkpoints"
+
+    each_node = node_1(save_on_each_node=True)
+    assert [p.name for p in each_node.iterdir()] == ["checkpoint-4"]
+    assert (each_node / "checkpoint-4" / "trainer_state.json").is_file()
+    shared = node_1(save_on_each_node=False)
+    assert [p.name for p in shared.iterdir()] == [".partial-4"]  # its part written; process 0 renames the folder
+    assert (shared / ".partial-4" / "random_states_1.pkl").is_file()
+
+
+def test_an_unwritable_or_full_output_folder_stops_before_the_first_step(checkpoints, tmp_path, monkeypatch):
+    data = write_dataset(tmp_path / "data", "jsonl", make_rows(16))
+    parent = Path(tempfile.mkdtemp())
+    parent.chmod(0o755)
+    read_only = parent / "read-only"
+    read_only.mkdir(mode=0o555)
+    try:
+        with pytest.raises(PermissionError, match=f"--output_dir {read_only} cannot be written"):
+            with without_write_permission():  # root writes anywhere: the check runs as another user
+                run_training(common_flags(checkpoints["clip"], read_only) + as_flags(data))
+    finally:
+        shutil.rmtree(parent)
+    # A disk without room for the final model and a checkpoint: refused after loading, before the first step.
+    out = tmp_path / "full"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 10**5, 10**5))
+    with pytest.raises(OSError, match=f"--output_dir {out} has 0.1 MB free, less than this run needs for the final "
+                       r"model \(\d+\.\d MB\) and one checkpoint"):  # fmt: skip
+        run_training(common_flags(checkpoints["clip"], out) + as_flags(data) + ["--checkpointing_steps", "1"])
+    assert not (out / "train_log.jsonl").exists()
+
+
+@contextlib.contextmanager
+def without_write_permission():
+    """Run as user `nobody` when the tests run as root (for whom file permissions do not apply)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
 
 
 def test_missing_columns_and_sources_give_clear_errors(checkpoints, tmp_path):
@@ -228,22 +378,69 @@ def test_loss_settings_are_the_loss_config_s_own_fields(tmp_path):
     assert all(f"--{field.name}" in help_text for field in fields(ConceptLossConfig))
 
 
-def test_missing_local_model_folder_is_named(tmp_path):
+def test_missing_local_model_folder_is_named(tmp_path, capsys, monkeypatch):
     missing = tmp_path / "models" / "my-clip"
+    argv = ["--model_name_or_path", str(missing), "--train_file", "t.jsonl", "--report_to", "none"]
+    argv += ["--output_dir", str(tmp_path / "out")]
     with pytest.raises(FileNotFoundError, match=f"--model_name_or_path '{missing}': no such file or folder"):
-        run_training(["--model_name_or_path", str(missing), "--train_file", "t.jsonl", "--report_to", "none"])
+        run_training(argv)
+    # The command line prints the project's own errors as one line (exit status 1), others with their traceback.
+    from modeling_concept_clip.training import command_line, raised_by_our_checks
+
+    monkeypatch.delenv("C2LIP_DEBUG", raising=False)
+    capsys.readouterr()
+    assert command_line(argv) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: --model_name_or_path '{missing}': no such file") and "Traceback" not in error
+    monkeypatch.setenv("C2LIP_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        command_line(argv)
+    try:
+        json.loads("{")
+    except ValueError as error:
+        assert not raised_by_our_checks(error)  # raised inside the json module: a traceback
 
 
-def test_console_script_trains_from_any_folder_with_accelerate_launch(checkpoints, tmp_path):
-    """`concept-clip-train` is installed, runs outside the repository and is a script `accelerate launch` runs."""
-    data = write_dataset(tmp_path / "data", "jsonl", make_rows(8))
-    script = shutil.which("concept-clip-train", path=str(Path(sys.executable).parent))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+def test_help_shows_every_default():
+    from modeling_concept_clip.training.arguments import build_parser
+
+    options = re.split(r"\n(?=  -)", build_parser().format_help().split("options:", 1)[1])
+    missing = [option.split()[0] for option in options if option.strip() and "(default:" not in option]
+    assert missing == ["-h,"]
+    assert "(default: 32)" in next(option for option in options if "--per_device_train_batch_size" in option)
+
+
+def test_readme_own_data_commands_run_from_another_folder(tmp_path, monkeypatch):
+    """The README's commands for your own images and captions, as written (smaller model and 2 steps), from a folder
+    outside the repository, without it on sys.path: `concept-clip-init`, then `concept-clip-train` through
+    `accelerate launch --num_processes 2`, which on a CPU starts one process; the run says so in its start-up
+    summary."""
+    from modeling_concept_clip.commands.init_model import main as init_main
+
+    from .test_docs import FENCE, split_commands
+
+    block = next(code for _, code in FENCE.findall((ROOT / "README.md").read_text()) if "concept-clip-init" in code)
+    (init, *init_args), (train, *train_args) = split_commands(block)
+    assert (init, train) == ("concept-clip-init", "concept-clip-train")
+    write_dataset(tmp_path / "data", "jsonl", make_rows(32))  # data/train.jsonl, as in the README
+    monkeypatch.chdir(tmp_path)
+    assert init_main([*init_args, "--image_size", "32", "--width", "32", "--layers", "2"]) == 0
+    script = shutil.which(train, path=str(Path(sys.executable).parent))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", script]  # fmt: skip
-    flags = common_flags(checkpoints["clip"], Path("out"), steps=1) + as_flags(data)
     env = {key: value for key, value in subprocess_env().items() if key != "PYTHONPATH"}
-    subprocess.run(launch + flags, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
-    assert_plain_checkpoint(tmp_path / "out", "clip")
+    result = subprocess.run(
+        launch + train_args + ["--max_train_steps", "2", "--report_to", "none"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_plain_checkpoint(tmp_path / "outputs" / "c2lip", "clip")
+    summary = result.stderr[result.stderr.index("***** C2LIP training *****") :]
+    for line in ("processes = 1 (one process, cpu)", "global batch = 32 rows per optimizer step", "optimizer steps = 2",
+                 "training data = 32 rows, 1 global batches per epoch", "concepts per image = at most 8, 2.00 on",
+                 f"output folder = {tmp_path / 'outputs' / 'c2lip'}"):  # fmt: skip
+        assert line in summary, summary[:1500]
+    assert "`accelerate launch` was given several processes" in summary
 
 
 def subprocess_env() -> dict[str, str]:
@@ -289,20 +486,26 @@ def test_resume_after_kill_ends_with_the_same_weights(checkpoints, tmp_path):
     assert [e["step"] for e in read_log(resumed)] == list(range(1, steps + 1))
 
 
+def write_probe_benchmark(folder: Path, rows: list[dict]) -> Path:
+    """A SugarCrepe-style probe on the first 6 images of `rows` (written by `write_dataset` into folder/data)."""
+    probes = {
+        str(i): {"filename": f"{row['key']}.png", "caption": row["caption"], "negative_caption": "a purple cat"}
+        for i, row in enumerate(rows[:6])
+    }
+    (folder / "data" / "images" / "swap_att.json").write_text(json.dumps(probes))
+    benchmarks = folder / "benchmarks.yaml"
+    benchmarks.write_text(
+        f"- {{kind: sugarcrepe, name: probes, data_dir: {folder / 'data' / 'images'}, subsets: null}}\n"
+    )
+    return benchmarks
+
+
 def test_streaming_validation_benchmarks_and_exports(checkpoints, tmp_path):
     """--streaming (8 steps: more than one pass over 24 rows), --validation_file + --eval_steps (loss terms),
     --eval_benchmarks (results.json), --export_steps."""
     rows = make_rows(24)
     data = write_dataset(tmp_path / "data", "jsonl", rows)
-    probes = {
-        str(i): {"filename": f"{row['key']}.png", "caption": row["caption"], "negative_caption": "a purple cat"}
-        for i, row in enumerate(rows[:6])
-    }
-    (tmp_path / "data" / "images" / "swap_att.json").write_text(json.dumps(probes))
-    benchmarks = tmp_path / "benchmarks.yaml"
-    benchmarks.write_text(
-        f"- {{kind: sugarcrepe, name: probes, data_dir: {tmp_path / 'data' / 'images'}, subsets: null}}\n"
-    )
+    benchmarks = write_probe_benchmark(tmp_path, rows)
     out = tmp_path / "out"
     flags = common_flags(checkpoints["clip"], out, steps=8) + as_flags(data) + [
         "--streaming", "true", "--validation_file", data["train_file"], "--eval_steps", "4",

@@ -145,7 +145,7 @@ def engine_runs(root: Path, model_type: str, engine: str, extra: list[str] = ())
     if engine == "ddp":
         return [{"name": f"ddp-{model_type}", "argv": flags}]
     flags += ["--checkpointing_steps", "2"]
-    resumed = flags + ["--resume_from_checkpoint", "latest", "--overwrite_output_dir"]
+    resumed = flags + ["--resume_from_checkpoint", "latest"]
     latest = root / f"{engine}-{model_type}" / "checkpoints" / "checkpoint-4"
     return [
         {"name": f"{engine}-{model_type}", **ENGINES[engine], "argv": flags},
@@ -186,9 +186,9 @@ def stream_runs(root: Path) -> list[dict]:
     workers_resumed = workers + ["--resume_from_checkpoint", str(root / "workers-out" / "checkpoints" / "checkpoint-3")]  # fmt: skip
     return [
         {"name": "stream", "argv": flags, "record_rows": True},
-        {"name": "stream-resumed", "argv": resumed + ["--overwrite_output_dir"], "record_rows": True},
+        {"name": "stream-resumed", "argv": resumed, "record_rows": True},
         {"name": "stream-workers", "argv": workers, "record_rows": True},
-        {"name": "stream-workers-resumed", "argv": workers_resumed + ["--overwrite_output_dir"], "record_rows": True},
+        {"name": "stream-workers-resumed", "argv": workers_resumed, "record_rows": True},
     ]
 
 
@@ -213,7 +213,7 @@ def tar_stream_runs(root: Path) -> list[dict]:
     resumed = flags + ["--resume_from_checkpoint", str(root / "tar-stream-out" / "checkpoints" / "checkpoint-4")]
     return [
         {"name": "tar-stream", "argv": flags, "record_rows": True},
-        {"name": "tar-stream-resumed", "argv": resumed + ["--overwrite_output_dir"], "record_rows": True},
+        {"name": "tar-stream-resumed", "argv": resumed, "record_rows": True},
     ]
 
 

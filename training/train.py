@@ -16,6 +16,7 @@ from modeling_concept_clip.training import (
     DataArguments,
     ModelArguments,
     TrainingArguments,
+    command_line,
     main,
     parse_arguments,
 )
@@ -23,4 +24,4 @@ from modeling_concept_clip.training import (
 __all__ = ["ConceptArguments", "DataArguments", "ModelArguments", "TrainingArguments", "main", "parse_arguments"]
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(command_line())

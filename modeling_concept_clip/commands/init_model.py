@@ -5,9 +5,10 @@
 
 The folder holds a randomly initialised plain `CLIPModel`/`SiglipModel` (safetensors), its config, a word-level
 CLIP-format tokenizer whose vocabulary is the words of your captions (every word one token, most frequent first up
-to `--max_words`; other text is spelt out letter by letter) and a PIL image processor. `concept-clip-train` takes it
-as `--model_name_or_path DIR` (start from these weights) or as `--config_name DIR --processor_name DIR` (a fresh
-initialisation with the training seed). The data flags are those of `concept-clip-train`, so the same flags name the
+to `--max_words`; other text is spelt out letter by letter), a PIL image processor and `random_init.json`, which
+records that the weights are a random initialisation (the model card of a run from the folder says so).
+`concept-clip-train` takes it as `--model_name_or_path DIR` (start from these weights) or as `--config_name DIR
+--processor_name DIR` (a fresh initialisation with the training seed). The data flags are those of `concept-clip-train`, so the same flags name the
 same data in both commands.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -105,7 +106,7 @@ def read_captions(args: InitArguments) -> tuple[list[str], int]:
 def write_small_model(args: InitArguments) -> Path:
     """Write the folder described by `args` (see the module docstring); returns its path."""
     # Imported here so that `--help` and argument errors come at once (torch and datasets take seconds to load).
-    from ..small_models import build_small_model_and_processor
+    from ..small_models import build_small_model_and_processor, write_init_record
     from ..tokenization import PIPELINE_TEMPLATE_WORDS, build_word_level_clip_tokenizer, count_words
 
     output_dir = Path(args.output_dir)
@@ -128,6 +129,7 @@ def write_small_model(args: InitArguments) -> Path:
     )
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    write_init_record(output_dir, command="concept-clip-init", arguments=asdict(args))
     num_parameters = sum(p.numel() for p in model.parameters())
     print(
         f"Wrote {output_dir}: a {type(model).__name__} of {num_parameters / 1e6:.2f}M parameters ({args.layers} x "

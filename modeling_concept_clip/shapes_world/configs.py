@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer, PreTrainedModel, ProcessorMixin
 
-from ..small_models import build_small_model_and_processor
+from ..small_models import build_small_model_and_processor, write_init_record
 from ..tokenization import PIPELINE_TEMPLATE_WORDS, build_word_level_clip_tokenizer
 from .captions import template_words
 from .generate import ZEROSHOT_TEMPLATES
@@ -60,4 +60,5 @@ def save_world_checkpoint(
     model, processor = build_world_model_and_processor(model_type, world, seed, **config_kwargs)
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    write_init_record(path, command="shapes_world.save_world_checkpoint", model_type=model_type, seed=seed)
     return Path(path)

@@ -1,12 +1,6 @@
 """`concept-clip-train` and `python -m modeling_concept_clip.training` (see `modeling_concept_clip.training`)."""
 
-from . import main as train
-
-
-def main() -> int:
-    train()
-    return 0
-
+from . import command_line as main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -124,30 +124,47 @@ class ConceptArguments(ConceptLossConfig):
 
 @dataclass
 class TrainingArguments:
-    output_dir: str = field(default="outputs/c2lip", metadata={"help": "Where the final model goes."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow a non-empty output_dir."})
-    per_device_train_batch_size: int = field(default=32)
-    per_device_eval_batch_size: int = field(default=64)
-    gradient_accumulation_steps: int = field(default=1)
-    learning_rate: float = field(default=1e-5)
+    output_dir: str = field(
+        default="outputs/c2lip",
+        metadata={"help": "Where the run writes: the final model, checkpoints/, train_log.jsonl. Must be new or "
+                  "empty, unless --overwrite_output_dir or --resume_from_checkpoint."},
+    )  # fmt: skip
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Empty --output_dir before a new run (everything in it is deleted). With "
+                  "--resume_from_checkpoint latest: resume when the folder has a checkpoint, else empty it."},
+    )  # fmt: skip
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training rows per process and step."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Validation rows per process and step."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW's peak learning rate."})
     weight_decay: float = field(default=0.1, metadata={"help": "On weight matrices only (not norms, biases, scales)."})
-    adam_beta1: float = field(default=0.9)
-    adam_beta2: float = field(default=0.98)
-    adam_epsilon: float = field(default=1e-6)
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW's beta1."})
+    adam_beta2: float = field(default=0.98, metadata={"help": "AdamW's beta2."})
+    adam_epsilon: float = field(default=1e-6, metadata={"help": "AdamW's epsilon."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 disables it)."})
-    num_train_epochs: float = field(default=1.0)
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training data."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Overrides num_train_epochs."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": f"One of {', '.join(SCHEDULER_TYPES)}."})
-    num_warmup_steps: int = field(default=0)
+    num_warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of linear warm-up."})
     max_logit_scale: float = field(default=100.0, metadata={"help": "Clamp exp(logit_scale) after each step."})
     mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
         default=None, metadata={"help": "Default: the accelerate config's value."}
     )
-    seed: int = field(default=42)
-    logging_steps: int = field(default=10)
+    seed: int = field(default=42, metadata={"help": "Seed of the data order, the initialisation and dropout."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the loss terms every N optimizer steps."})
     checkpointing_steps: int | None = field(default=None, metadata={"help": "save_state every N optimizer steps."})
     checkpoints_total_limit: int | None = field(default=2, metadata={"help": "Keep the last K checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "'latest' (the newest checkpoint of --output_dir; none: a new run) or a checkpoint "
+                  "folder. Newer checkpoints and exports of the run it continues are deleted."},
+    )  # fmt: skip
+    save_on_each_node: bool = field(
+        default=False,
+        metadata={"help": "Every node has its own disk at --output_dir: the first process of each node writes the "
+                  "checkpoints there (default: one file system shared by all nodes, written by process 0)."},
+    )  # fmt: skip
     export_steps: int | None = field(default=None, metadata={"help": "Also export a plain model every N steps."})
     eval_steps: int | None = field(
         default=None, metadata={"help": "Every N steps: validation loss and the --eval_benchmarks."}
@@ -169,7 +186,7 @@ class TrainingArguments:
     report_to: str = field(default="tensorboard", metadata={"help": "'tensorboard', 'wandb', 'all' or 'none'."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Repository id (default: output_dir name)."})
-    hub_private_repo: bool = field(default=False)
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
     hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to."})
 
     def __post_init__(self):
@@ -184,8 +201,14 @@ class TrainingArguments:
         _check(self, positive, lambda value: math.isfinite(value) and value > 0, "finite and > 0")
         _check(self, ("lr_scheduler_type",), SCHEDULER_TYPES.__contains__, f"one of {', '.join(SCHEDULER_TYPES)}")
         _check(self, ("report_to",), REPORT_TO.__contains__, f"one of {', '.join(REPORT_TO)}")
-        if self.resume_from_checkpoint not in (None, "latest") and not Path(self.resume_from_checkpoint).is_dir():
-            raise ValueError(f"--resume_from_checkpoint {self.resume_from_checkpoint}: no such checkpoint folder.")
+        if self.resume_from_checkpoint not in (None, "latest"):
+            if not Path(self.resume_from_checkpoint).is_dir():
+                raise ValueError(f"--resume_from_checkpoint {self.resume_from_checkpoint}: no such checkpoint folder.")
+            if self.overwrite_output_dir:
+                raise ValueError(
+                    "--overwrite_output_dir empties the output folder for a new run; --resume_from_checkpoint "
+                    f"{self.resume_from_checkpoint} continues a run: give one of them."
+                )
 
 
 class Arguments(NamedTuple):

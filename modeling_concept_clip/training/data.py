@@ -21,9 +21,10 @@ accumulation with the rows there are.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -150,6 +151,44 @@ class _WorkerBatchCollator:
         return {**self.collator(rows), "stream_worker": worker} if rows else None
 
 
+class IndexedRows(torch.utils.data.Dataset):
+    """A map-style dataset's rows as `(index, row)`, so that a row the collator drops is known by its index: a
+    resumed run reads the rows it counted as bad again (`loop.recount_bad_rows`)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, dict[str, Any]]:
+        return index, self.dataset[index]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[int, dict[str, Any]]]:  # one read per batch
+        return list(zip(indices, self.dataset.__getitems__(indices)))
+
+
+@dataclass
+class IndexedCollator:
+    """`collator` over the rows of `IndexedRows`; each skipped row carries its index in the dataset."""
+
+    collator: ConceptCollator
+
+    def __call__(self, items: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        batch = self.collator([row for _, row in items])
+        batch["skipped"] = [replace(row, index=items[row.position][0]) for row in batch["skipped"]]
+        return batch
+
+
+def mean_concepts(dataset, column: str, cap: int, rows: int = 1000) -> float | None:
+    """The mean number of concepts (at most `cap` each) of the first `rows` rows of a map-style dataset."""
+    if column not in (dataset.column_names or []) or len(dataset) == 0:
+        return None
+    values = dataset.select_columns([column])[: min(rows, len(dataset))][column]
+    lengths = [len(json.loads(v)) if isinstance(v, str) and v.startswith("[") else len(v or []) for v in values]
+    return sum(min(length, cap) for length in lengths) / len(lengths)
+
+
 @dataclass
 class Loaders:
     """This process's data loaders.
@@ -160,6 +199,8 @@ class Loaders:
         empty_batch: what a process without rows passes to the model in a step where others have rows.
         batches_per_epoch: lockstep steps of one epoch (`None` for a stream).
         rows_per_epoch: rows that all processes read in one epoch (`None` for a stream).
+        dataset: the map-style training dataset (`None` for a stream); `len(dataset)` rows.
+        concepts_per_image: mean number of concepts of its first 1,000 rows (`None`: a stream, or no concepts).
     """
 
     accelerator: Accelerator
@@ -171,6 +212,8 @@ class Loaders:
     empty_batch: dict[str, torch.Tensor]
     batches_per_epoch: int | None
     rows_per_epoch: int | None
+    dataset: Any = None
+    concepts_per_image: float | None = None
 
     @property
     def streaming(self) -> bool:
@@ -258,11 +301,11 @@ def build_loaders(
             )
         rows_per_epoch = batches_per_epoch * batch_size * accelerator.num_processes
         train = DataLoader(
-            train_dataset,
+            IndexedRows(train_dataset),
             batch_size=batch_size,
             shuffle=True,
             drop_last=True,
-            collate_fn=collator,
+            collate_fn=IndexedCollator(collator),
             num_workers=data_args.dataloader_num_workers,
             pin_memory=pin_memory(accelerator),
         )
@@ -293,6 +336,12 @@ def build_loaders(
         batches_per_epoch=batches_per_epoch,
         rows_per_epoch=rows_per_epoch,
     )
+    if not isinstance(train_dataset, IterableDataset):
+        loaders.dataset = train_dataset
+        if use_concepts:
+            loaders.concepts_per_image = mean_concepts(
+                train_dataset, data_args.concepts_column, data_args.max_concepts_per_image
+            )
     return loaders, extractor
 
 

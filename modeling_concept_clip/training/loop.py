@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +23,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, send_to_device, set_seed
+from accelerate.utils import DistributedType, gather_object, send_to_device, set_seed
 from huggingface_hub.errors import HFValidationError
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoProcessor, PreTrainedModel, get_scheduler
@@ -36,6 +36,7 @@ from ..concepts import ConceptExtractorConfig, spacy_model_fingerprint
 from ..evaluation import EmbeddingConfig, evaluate_model, read_benchmark_file, save_runs
 from ..hub import push_checkpoint
 from ..model_cards import write_model_card
+from ..small_models import read_init_record
 from .arguments import Arguments, ModelArguments, TrainingArguments
 from .data import Loaders, build_loaders, lockstep
 from .engines import (
@@ -47,6 +48,13 @@ from .engines import (
     prepare_for_engine,
     read_parameter,
     whole_model_init,
+)
+from .output import (
+    CHECKPOINTS,
+    check_free_space,
+    checkpoint_folders,
+    prepare_output_dir,
+    writes_files,
 )
 from .state import TrainState
 
@@ -149,6 +157,14 @@ def prepare_training(accelerator: Accelerator, model: PreTrainedModel, loaders: 
     return model, optimizer, scheduler
 
 
+def initial_weights(model_args: ModelArguments) -> str:
+    """'random' when the run starts from no trained weights (a config, or a folder with a `random_init.json`, as
+    `concept-clip-init` writes), 'pretrained' when it starts from a checkpoint's weights (the model card says which)."""
+    if model_args.model_name_or_path is None:
+        return "random"
+    return "random" if read_init_record(model_args.model_name_or_path) else "pretrained"
+
+
 def run_record(
     accelerator: Accelerator, arguments: Arguments, extractor: ConceptExtractorConfig | None
 ) -> dict[str, Any]:
@@ -165,6 +181,7 @@ def run_record(
             if extractor
             else None
         ),
+        "initial_weights": initial_weights(arguments.model),
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type.value),
         "global_batch_size": args.per_device_train_batch_size * accelerator.num_processes,
@@ -177,53 +194,117 @@ def run_record(
     }
 
 
+ENGINES = {
+    DistributedType.NO: "one process",
+    DistributedType.MULTI_CPU: "DDP (CPU processes)",
+    DistributedType.MULTI_GPU: "DDP",
+    DistributedType.FSDP: "FSDP2",
+    DistributedType.DEEPSPEED: "DeepSpeed",
+}
+
+
+def single_process_warning(accelerator: Accelerator) -> str | None:
+    """Why this run, with one process, was evidently meant to have several (`None` when it was not)."""
+    if accelerator.num_processes > 1:
+        return None
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        return f"WORLD_SIZE is {world_size}, but this run has one process."
+    if "ACCELERATE_DYNAMO_BACKEND" in os.environ and {"MASTER_ADDR", "MASTER_PORT"} <= set(os.environ):
+        return (
+            "`accelerate launch` was given several processes (it sets MASTER_ADDR and MASTER_PORT only then) but "
+            "started this one alone: it starts several with --multi_gpu, on CPUs with ACCELERATE_USE_CPU=1 as well "
+            "(see 'Several CPU processes' in docs/training.md)."
+        )
+    return None
+
+
+def log_startup(
+    accelerator: Accelerator, arguments: Arguments, loaders: Loaders, state: TrainState, trainable: int
+) -> None:
+    """What the run is about to do, before its first step, as transformers' `Trainer` logs it: processes, engine,
+    precision, global batch, steps, data, concepts, output folder."""
+    args, data = arguments.training, arguments.data
+    processes, accumulation = accelerator.num_processes, args.gradient_accumulation_steps
+    engine = ENGINES.get(accelerator.distributed_type, str(accelerator.distributed_type.value))
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        engine += f" ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    if loaders.dataset is not None:
+        rows = f"{len(loaders.dataset):,} rows, {loaders.batches_per_epoch:,} global batches per epoch"
+    else:
+        rows = "a stream (each process reads its own part)"
+    if not arguments.concept.concept_loss:
+        concepts = "none (caption loss only: the control)"
+    else:
+        measured = loaders.concepts_per_image
+        concepts = f"at most {data.max_concepts_per_image}" + (
+            f", {measured:.2f} on average over the first 1,000 rows" if measured is not None else ""
+        )
+    items = {
+        "processes": f"{processes} ({engine}, {accelerator.device.type})",
+        "mixed precision": accelerator.mixed_precision,
+        "global batch": f"{args.per_device_train_batch_size * processes * accumulation:,} rows per optimizer step "
+        f"({args.per_device_train_batch_size} per process x {processes} x {accumulation} accumulation)",
+        "optimizer steps": f"{args.max_train_steps:,}"
+        + (f", resuming after step {state.completed_steps:,}" if state.completed_steps else ""),
+        "training data": rows,
+        "concepts per image": concepts,
+        "trainable parameters": f"{trainable:,}",
+        "output folder": str(Path(args.output_dir).resolve()),
+    }
+    logger.info("***** C2LIP training *****\n" + "\n".join(f"  {key} = {value}" for key, value in items.items()))
+    warning = single_process_warning(accelerator)
+    if warning:
+        logger.warning(warning)
+
+
 # --- checkpoints --------------------------------------------------------------------------------------------------
 
 
-def checkpoint_folders(output_dir: str | Path) -> list[Path]:
-    root = Path(output_dir) / "checkpoints"
-    found = [p for p in root.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)] if root.exists() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+def save_checkpoint(run: Run, state: TrainState) -> Path:
+    """`save_state` into a temporary folder renamed when complete, so a killed run never leaves half a checkpoint.
 
-
-def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainState, keep: int | None) -> Path:
-    """`save_state` into a temporary folder renamed when complete, so a killed run never leaves half a checkpoint."""
-    root = Path(output_dir) / "checkpoints"
+    The process that writes the run's files (`output.writes_files`: process 0, or the first of every node with
+    `--save_on_each_node`) creates, renames and prunes the folders; every process writes its part into them.
+    """
+    accelerator, args = run.accelerator, run.args
+    for reason, index in gather_object(run.new_bad_rows):  # every process's bad rows since the last checkpoint
+        state.bad_rows.setdefault(reason, []).append(index)
+    run.new_bad_rows = []
+    root = Path(args.output_dir) / CHECKPOINTS
     final = root / f"checkpoint-{state.completed_steps}"
     partial = root / f".partial-{state.completed_steps}"
-    if accelerator.is_main_process:
+    writer = writes_files(accelerator, args)
+    if writer:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)  # before any process writes its part (random states, shards) into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()  # every process has written its part (random states, shards)
-    if accelerator.is_main_process:
+    if writer:
         state.save(partial)
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
+        keep = args.checkpoints_total_limit
         if keep:
-            for old in checkpoint_folders(output_dir)[:-keep]:
+            for old in checkpoint_folders(args.output_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
-def resume_state(accelerator: Accelerator, args: TrainingArguments) -> TrainState:
-    """A new state, or the state of `--resume_from_checkpoint` (with the model, optimizer, scheduler and sampler
-    state loaded into the prepared objects)."""
-    path = args.resume_from_checkpoint
-    if path == "latest":
-        found = checkpoint_folders(args.output_dir)
-        path = str(found[-1]) if found else None
-        if path is None:
-            accelerator.print("No checkpoint found; starting from scratch.")
-    if not path:
+def resume_state(accelerator: Accelerator, checkpoint: Path | None) -> TrainState:
+    """A new state, or the state of `checkpoint` (with the model, optimizer, scheduler and sampler state loaded into
+    the prepared objects)."""
+    if checkpoint is None:
         return TrainState()
-    if not Path(path, "trainer_state.json").is_file():
-        raise FileNotFoundError(f"--resume_from_checkpoint {path}: not a checkpoint folder (no trainer_state.json).")
-    accelerator.print(f"Resuming from {path}")
-    accelerator.load_state(path)
-    return TrainState.load(path)
+    if not Path(checkpoint, "trainer_state.json").is_file():
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {checkpoint}: not a checkpoint folder (no trainer_state.json)."
+        )
+    accelerator.print(f"Resuming from {checkpoint}")
+    accelerator.load_state(str(checkpoint))
+    return TrainState.load(checkpoint)
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
@@ -289,6 +370,7 @@ class Run:
     benchmarks: list = field(default_factory=list)
     window: LossWindow = field(default_factory=LossWindow)
     bad_row_examples: list[str] = field(default_factory=list)
+    new_bad_rows: list[tuple[str, int]] = field(default_factory=list)  # (reason, index) since the last checkpoint
 
     @property
     def args(self) -> TrainingArguments:
@@ -349,12 +431,49 @@ def check_bad_rows(run: Run, state: TrainState, final: bool = False) -> None:
         scope = f"the {seen + epoch_rows - state.rows_in_epoch} rows read by the end of epoch {state.epoch}"
     else:
         return
-    checkpoint = save_checkpoint(run.accelerator, run.args.output_dir, state, run.args.checkpoints_total_limit)
+    checkpoint = save_checkpoint(run, state)
+    resume = f"`--resume_from_checkpoint {checkpoint}`"
+    if run.loaders.dataset is not None:  # the resumed run reads the bad rows again (`recount_bad_rows`)
+        advice = (
+            f"Fix the bad rows in place (same rows, same order: the resumed run reads them again and no longer "
+            f"counts those that are good) or raise --max_bad_fraction, then continue: the same command with {resume}. "
+            "Removing rows changes the order of the data: then start a new run instead."
+        )
+    else:  # a stream's rows are read again only as they come
+        advice = (
+            f"The rows read so far keep their counts when the run continues: raise --max_bad_fraction to continue "
+            f"(the same command with {resume}), or fix or remove the bad rows and start a new run."
+        )
     raise RuntimeError(
         f"Too many bad rows: {bad} of the {seen} rows read so far were skipped ({state.skipped}), more than "
         f"--max_bad_fraction {limit:.1%} of {scope}. Examples on this process: {run.bad_row_examples}. The run "
-        f"stopped at step {state.completed_steps} and saved {checkpoint}: fix or remove the bad rows (or raise "
-        f"--max_bad_fraction) and continue with --resume_from_checkpoint {checkpoint}."
+        f"stopped at step {state.completed_steps} and saved {checkpoint}. {advice}"
+    )
+
+
+def recount_bad_rows(loaders: Loaders, state: TrainState) -> None:
+    """Read the rows a resumed run had counted as bad again: those that are good now (fixed in place since the
+    checkpoint) no longer count. Every process does the same, so the counts stay equal everywhere."""
+    dataset = loaders.dataset
+    if dataset is None or not state.bad_rows:
+        return
+    if state.data_rows != len(dataset):
+        logger.warning(
+            f"The training data has {len(dataset)} rows, the checkpoint's run started with {state.data_rows}: the "
+            "epoch in progress continues in another order, and the rows counted as bad are not read again."
+        )
+        return
+    good: dict[int, bool] = {}
+    for reason, indices in state.bad_rows.items():
+        for index in set(indices):
+            good[index] = not loaders.collator([dataset[index]])["skipped"]
+        now_good = [index for index in indices if good[index]]
+        state.skipped[reason] -= len(now_good)
+        state.bad_rows[reason] = [index for index in indices if not good[index]]
+    fixed = sum(good.values())
+    logger.info(
+        f"Read the {len(good)} rows counted as bad again: {fixed} are good now and no longer count "
+        f"(skipped rows: {state.skipped})."
     )
 
 
@@ -377,6 +496,7 @@ def train_one_epoch(run: Run, state: TrainState) -> None:
             run.bad_row_examples.append(f"{row.reason}: {row.detail}")
         if step.processes_with_rows and step.last:
             end_accumulation_at_next_batch(accelerator)
+        run.new_bad_rows += [(row.reason, row.index) for row in step.local_skipped if row.index is not None]
         # No process has rows: every process skips the step. Some have: the others take part with zero rows.
         if step.processes_with_rows and training_step(run, step.batch or run.loaders.empty_batch):
             state.completed_steps += 1
@@ -427,7 +547,7 @@ def after_step(run: Run, state: TrainState) -> None:
             run.log.write(step, {**logs, "train_seconds": state.train_seconds})
         run.model.train()
     if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-        save_checkpoint(run.accelerator, args.output_dir, state, args.checkpoints_total_limit)
+        save_checkpoint(run, state)
     if args.export_steps and step % args.export_steps == 0:
         plain = gather_plain_model(run.accelerator, run.model)
         export_model(run, plain, run.output_dir / f"export-{step}", state)
@@ -516,17 +636,23 @@ def train(arguments: Arguments) -> dict[str, Any]:
         transformers.utils.logging.set_verbosity_error()
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
-    if not (args.overwrite_output_dir or args.resume_from_checkpoint) and (output_dir / "config.json").exists():
-        raise FileExistsError(f"{output_dir} already holds a model; pass --overwrite_output_dir or resume.")
+    accelerator.project_configuration.save_on_each_node = args.save_on_each_node
+    checkpoint = prepare_output_dir(accelerator, arguments)  # new, emptied or tidied for the resume; writable
     # 2. Model and processor, with the concept losses' settings (whole on each process, even under ZeRO-3).
     with whole_model_init(accelerator):
         model, processor = build_model(arguments.model, arguments.concept.loss_config())
+    parameters = [(p.numel(), p.requires_grad) for p in model.parameters()]
     # 3. Data: datasets with concepts, collator, this process's loaders.
     loaders, extractor = build_loaders(accelerator, arguments, processor, model.config.model_type)
-    # 4. The engine's model, optimizer, scheduler and data loaders.
+    # 4. The engine's model, optimizer, scheduler and data loaders; room for the model and checkpoints.
     model, optimizer, scheduler = prepare_training(accelerator, model, loaders, args)
+    check_free_space(accelerator, args, sum(n for n, _ in parameters), sum(n for n, grad in parameters if grad))
     # 5. A new run or the checkpoint it resumes from; the run's record, log and trackers.
-    state = resume_state(accelerator, args)
+    state = resume_state(accelerator, checkpoint)
+    recount_bad_rows(loaders, state)
+    if state.data_rows is None and loaders.dataset is not None:  # a new run (or a checkpoint of an older version)
+        state.data_rows = len(loaders.dataset)
+    log_startup(accelerator, arguments, loaders, state, sum(n for n, grad in parameters if grad))
     record = run_record(accelerator, arguments, extractor)
     if args.report_to != "none":
         groups = ("model", "data", "concept", "training")

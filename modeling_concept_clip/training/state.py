@@ -28,6 +28,10 @@ class TrainState:
         stream_worker_batches: streams only: for each process, the batches of the epoch in progress that each of its
             data-loader workers made (the workers read different shards, which may run out at different times); a
             resumed run's workers skip them.
+        bad_rows: the index in the training data of each row counted in `skipped`, per reason (map-style data; a
+            row read in several epochs is listed as often), up to the last checkpoint: a resumed run reads them
+            again and no longer counts those that are good now.
+        data_rows: rows of the map-style training data the run started with.
     """
 
     completed_steps: int = 0
@@ -38,6 +42,8 @@ class TrainState:
     rows_in_epoch: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
     stream_worker_batches: list[list[int]] = field(default_factory=list)
+    bad_rows: dict[str, list[int]] = field(default_factory=dict)
+    data_rows: int | None = None
 
     def save(self, folder: str | Path) -> None:
         Path(folder, STATE_FILE).write_text(json.dumps(asdict(self), indent=1) + "\n")
