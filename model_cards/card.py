@@ -165,6 +165,33 @@ def looks_like_hub_id(value: str | None) -> bool:
     return bool(value) and bool(_HUB_ID.match(value)) and not Path(value).exists()
 
 
+def base_model_type(base_model: str) -> tuple[str | None, str]:
+    """`(model_type, how it is known)` of a Hub model: from its `config.json` (the Hub or the local cache), else from
+    its name ("siglip", then "clip"); `(None, ...)` when neither tells."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config = json.loads(Path(hf_hub_download(base_model, "config.json")).read_text(encoding="utf-8"))
+        return config.get("model_type"), f"its config.json says model_type {config.get('model_type')!r}"
+    except Exception:  # offline, private, gated or not there: the name is all there is
+        name = base_model.rsplit("/", 1)[-1].lower()
+        family = next((kind for kind in ("siglip", "clip") if kind in name), None)
+        return family, f"its name says {family or 'neither'}; its config.json could not be read"
+
+
+def check_base_model(base_model: str, model_type: str, config_path: Path, recorded: str | None) -> None:
+    """Refuse a `base_model` of another model type than the checkpoint's (a SigLIP named for a CLIP run): the card
+    and the Hub's model tree would name a model this one was not trained from."""
+    found, how = base_model_type(base_model)
+    if found is not None and found != model_type:
+        trained_from = f" (training_args.json records --model_name_or_path {recorded})" if recorded else ""
+        raise ValueError(
+            f"--base_model {base_model} is a {found} model ({how}), but {config_path} says model_type "
+            f"{model_type!r}: pass the Hub id of the {model_type} checkpoint this model was trained from"
+            f"{trained_from}, or leave --base_model out."
+        )
+
+
 def select_run(
     runs: list[EvaluationRun], folder: str | Path, repo_id: str | None = None, results_run: str | None = None
 ) -> int:
@@ -261,6 +288,8 @@ def build_model_card(
     # A run from no trained weights (a config, or a concept-clip-init folder) has no base model.
     from_random = training is not None and training.initial_weights == "random"
     base_source = training.model_name_or_path if training and not from_random else None
+    if options.base_model:
+        check_base_model(options.base_model, model_type, config_path, base_source)
     base_model = options.base_model or (base_source if looks_like_hub_id(base_source) else None)
     dataset_on_hub = training is not None and looks_like_hub_id(training.dataset_name)
     datasets = options.datasets

@@ -31,8 +31,15 @@ import pyarrow as pa
 from datasets import Dataset, IterableDataset
 from datasets.fingerprint import Hasher
 
-from .concepts.readers import InputFileError, check_encoding, read_json_lines
-from .concepts.shards import concepts_file, expand_pattern, is_pattern, missing_concepts_files, read_shard_concepts
+from .concepts.readers import InputFileError, check_encoding, check_unique_keys, read_json_lines
+from .concepts.shards import (
+    concepts_file,
+    expand_pattern,
+    is_pattern,
+    missing_concepts_files,
+    read_concepts_file_keys,
+    read_shard_concepts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +216,11 @@ def join_shard_concepts(
 ) -> Dataset | IterableDataset:
     """Add `column` to a WebDataset dataset from the per-shard concepts files of `concept-clip-extract`.
 
-    Raises `FileNotFoundError` naming the shards without a concepts file. A sample whose key is not in its
-    shard's file gets `None` (never dropped: the collator counts it as a "concepts" skip).
+    Raises `FileNotFoundError` naming the shards without a concepts file, and `InputFileError` naming the shard and
+    the key when a key is not unique: in a concepts file, or among the samples of a shard (checked here for a
+    map-style dataset; `concept-clip-extract` refuses such a shard, so a streamed shard with concepts from it has
+    unique keys). A sample whose key is not in its shard's file gets `None` (never dropped: the collator counts it
+    as a "concepts" skip).
     """
     missing = missing_concepts_files(concepts_dir, shards)
     if missing:
@@ -222,8 +232,10 @@ def join_shard_concepts(
         )
     digest = hashlib.sha256()
     for shard in shards:
-        stat = concepts_file(concepts_dir, shard).stat()
-        digest.update(f"{concepts_file(concepts_dir, shard).name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        path = concepts_file(concepts_dir, shard)
+        check_unique_keys(f"{path} (the concepts of {shard})", read_concepts_file_keys(path), what="rows")
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     function = ShardConceptsJoin(str(Path(concepts_dir).resolve()), column, digest.hexdigest())
     feature = datasets.Sequence(datasets.Value("string"))
     if isinstance(dataset, IterableDataset):
@@ -234,11 +246,35 @@ def join_shard_concepts(
     # `map` would write every image again into a new cache file: compute the one new column and attach it.
     arrow_type = pa.list_(pa.string())
     keys = dataset.select_columns(["__url__", "__key__"])
-    values = [pa.array(function(batch)[column], arrow_type) for batch in keys.iter(batch_size=10_000)]
+    values, shard_keys = [], _ShardKeys()
+    for batch in keys.iter(batch_size=10_000):
+        shard_keys.add(batch["__url__"], batch["__key__"])
+        values.append(pa.array(function(batch)[column], arrow_type))
+    shard_keys.check()
     fingerprint = Hasher.hash((dataset._fingerprint, function))
     return dataset.add_column(
         column, pa.chunked_array(values, arrow_type), new_fingerprint=fingerprint, feature=feature
     )
+
+
+class _ShardKeys:
+    """The keys of the samples of one shard after the other (samples arrive shard by shard), each shard's checked
+    for repeats ([`check_unique_keys`]) when the next shard begins and at the end."""
+
+    def __init__(self):
+        self.url: str | None = None
+        self.keys: list[str] = []
+
+    def add(self, urls: list[str], keys: list[str]) -> None:
+        for url, key in zip(urls, keys):
+            if url != self.url:
+                self.check()
+                self.url, self.keys = url, []
+            self.keys.append(key)
+
+    def check(self) -> None:
+        if self.url is not None:
+            check_unique_keys(self.url, self.keys)
 
 
 def _undecoded_images(dataset: Dataset | IterableDataset) -> Dataset | IterableDataset:

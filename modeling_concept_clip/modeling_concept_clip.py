@@ -7,8 +7,6 @@ With the extras of [`ConceptCollator`] (`concept_unique_index`, `concept_unique_
 step makes no host sync: every shape is known on the host, and nothing the model computes is read back by it.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +15,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers import CLIPModel, PreTrainedModel, SiglipModel
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.models.siglip.modeling_siglip import SiglipOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .distributed import (
@@ -178,6 +178,16 @@ class ConceptModelMixin:
         # A plain attribute, not part of `config`: exported checkpoints stay plain CLIP/SigLIP.
         self.concept_config = concept_config or ConceptLossConfig()
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False, as for the base class: the modules and `_init_weights` are transformers' own.
+
+        transformers counts every class defined outside its package as custom code, and then skips the
+        initialisation of modules without parameters of their own (attention, MLP): the weights that a checkpoint
+        lacks would be initialised otherwise than by `CLIPModel`/`SiglipModel`.
+        """
+        return cls.is_remote_code()
+
     def to_plain(self) -> PreTrainedModel:
         """A plain `CLIPModel`/`SiglipModel` view of this model: same modules and parameters, no copy."""
         plain = self._plain_model_class.__new__(self._plain_model_class)
@@ -299,7 +309,7 @@ class ConceptModelMixin:
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
@@ -311,7 +321,7 @@ class ConceptModelMixin:
         concept_unique_index: torch.LongTensor | None = None,
         concept_unique_inverse: torch.LongTensor | None = None,
         concept_unique_keys: list[int] | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ):
         r"""
         The base class's forward, plus the concept batch of C2LIP training.

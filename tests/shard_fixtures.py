@@ -47,6 +47,17 @@ def write_tar_shard(path: Path, shard: int, captions: list[str]) -> list[str]:
     return keys
 
 
+def write_samples(path: Path, samples: list[tuple[str, str]]) -> None:
+    """A shard of `(key, caption)` samples, each `<key>.png` and `<key>.txt`, in the given order (keys may repeat)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for index, (key, caption) in enumerate(samples):
+            for extension, payload in (("png", png_bytes(index)), ("txt", caption.encode("utf-8"))):
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
 def write_tar_shards(folder: Path, num_shards: int, per_shard: int) -> dict[str, dict[str, str]]:
     """`num_shards` shards `folder/0000i.tar` of `per_shard` gold captions each; returns `{shard path: {key: caption}}`."""
     written = {}

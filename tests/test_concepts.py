@@ -69,6 +69,38 @@ def test_attributes_bound_to_the_noun_are_kept(vocab):
     assert concepts_from_doc(doc) == ["two small brown dogs", "a red couch"]
 
 
+def test_leading_adverbs_and_conjunctions_are_not_part_of_the_concept(vocab):
+    """spaCy's noun chunks start at the noun's left edge, which takes in a sentence adverb or a conjunction attached
+    to the noun ("then a cat"): they are stripped. An adverb of a later word, a negation and a pre-determiner are
+    part of the phrase and stay."""
+    cases = {
+        "a dog and then a cat": (
+            [("a", "DET", "det", 1), ("dog", "NOUN", "ROOT", 1), ("and", "CCONJ", "cc", 1),
+             ("then", "ADV", "advmod", 5), ("a", "DET", "det", 5), ("cat", "NOUN", "conj", 1)],
+            ["a dog", "a cat"],
+        ),
+        "and also two dogs": (
+            [("and", "CCONJ", "cc", 3), ("also", "ADV", "advmod", 3), ("two", "NUM", "nummod", 3),
+             ("dogs", "NOUN", "ROOT", 3)],
+            ["two dogs"],
+        ),
+        "next a green ball": (  # an adjective before the determiner
+            [("next", "ADJ", "amod", 3), ("a", "DET", "det", 3), ("green", "ADJ", "amod", 3), ("ball", "NOUN", "ROOT", 3)],
+            ["a green ball"],
+        ),
+        "very large dogs": ([("very", "ADV", "advmod", 1), ("large", "ADJ", "amod", 2), ("dogs", "NOUN", "ROOT", 2)],
+                            ["very large dogs"]),
+        "not a cat": ([("not", "PART", "neg", 2), ("a", "DET", "det", 2), ("cat", "NOUN", "ROOT", 2)], ["not a cat"]),
+        "all the dogs": ([("all", "DET", "predet", 2, "PDT"), ("the", "DET", "det", 2), ("dogs", "NOUN", "ROOT", 2)],
+                         ["all the dogs"]),
+        "both the men": ([("both", "CCONJ", "preconj", 2), ("the", "DET", "det", 2), ("men", "NOUN", "ROOT", 2)],
+                         ["both the men"]),
+    }  # fmt: skip
+    for caption, (tokens, expected) in cases.items():
+        doc = parsed(vocab, tokens)
+        assert concepts_from_doc(doc) == expected, caption
+
+
 def test_pronoun_rooted_chunks_are_dropped(vocab):
     doc = parsed(
         vocab,

@@ -14,7 +14,7 @@ from modeling_concept_clip.concepts import resolve_spacy_model
 from modeling_concept_clip.concepts.readers import InputFileError
 from modeling_concept_clip.data import load_image_text_dataset, resolve_columns
 from modeling_concept_clip.testing_utils import build_tiny_model_and_processor
-from tests.shard_fixtures import gold_captions, png_bytes, write_tar_shards
+from tests.shard_fixtures import gold_captions, png_bytes, write_samples, write_tar_shards
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,23 @@ def test_shard_concepts_are_joined_by_key_and_a_missing_key_reaches_the_collator
     images, skipped, seen = collate_all(dataset, processor)
     assert seen == 12 and images == 11
     assert list(skipped) == ["concepts"] and len(skipped["concepts"]) == 1
+
+
+def test_repeated_keys_are_named_by_shard_and_key(tmp_path):
+    """Concepts are joined by key: a key held twice, by a concepts file or by a shard's samples, is refused before
+    training (it gave both samples the concepts of the second)."""
+    shard = tmp_path / "shards" / "00000.tar"
+    write_samples(shard, [("a", "a red couch"), ("b", "a cat"), ("a", "a blue lamp")])
+    concepts = tmp_path / "concepts" / "00000.parquet"
+    concepts.parent.mkdir()
+    table = pa.table({"__key__": ["a", "b", "a"], "concepts": [["a red couch"], ["a cat"], ["a blue lamp"]]})
+    pq.write_table(table, concepts)
+    for streaming in (False, True):
+        with pytest.raises(InputFileError, match=rf"{concepts} \(the concepts of {shard}\): rows 0 and 2 .* key 'a'"):
+            load_image_text_dataset(data_file=str(shard), concepts_dir=str(concepts.parent), streaming=streaming)
+    write_concepts_file(concepts, {"a": ["a red couch"], "b": ["a cat"]})
+    with pytest.raises(InputFileError, match=rf"{shard}: samples 0 and 2 have the same key 'a'"):
+        load_image_text_dataset(data_file=str(shard), concepts_dir=str(concepts.parent))
 
 
 def test_missing_concepts_file_names_the_shard(tmp_path):

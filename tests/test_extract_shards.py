@@ -19,7 +19,7 @@ import pytest
 from modeling_concept_clip.commands import extract_concepts as cli
 from modeling_concept_clip.concepts import ConceptExtractor, ConceptExtractorConfig, resolve_spacy_model
 from modeling_concept_clip.concepts.shards import expand_pattern, partition
-from tests.shard_fixtures import gold_captions, write_parquet_shard, write_tar_shards
+from tests.shard_fixtures import gold_captions, write_parquet_shard, write_samples, write_tar_shards
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -207,3 +207,25 @@ def test_a_caption_that_is_not_utf8_fails_its_shard_naming_the_sample(tmp_path, 
     assert run_cli("--input", tmp_path / "shards" / "*.tar", "--output_dir", out) == 1
     assert "00001.tar, sample 'b': the txt member is not valid UTF-8 (byte 0xe9)" in capsys.readouterr().err
     assert sorted(read_concepts(out)) == ["00000.parquet"]
+
+
+def test_a_repeated_key_fails_its_shard_naming_the_key(tmp_path, capsys):
+    """Training joins concepts to samples by key: two samples with one key would get the same concepts."""
+    write_tar_shards(tmp_path / "shards", num_shards=1, per_shard=3)
+    write_samples(tmp_path / "shards" / "00001.tar", [("a", "a red couch"), ("b", "a cat"), ("a", "a blue lamp")])
+    # Consecutive members of one key are one sample: here with two of each member.
+    write_samples(tmp_path / "shards" / "00002.tar", [("c", "a dog"), ("c", "a bird")])
+    out = tmp_path / "concepts"
+    assert run_cli("--input", tmp_path / "shards" / "*.tar", "--output_dir", out) == 1
+    err = capsys.readouterr().err
+    assert "00001.tar: samples 0 and 2 have the same key 'a' (1 repeated key in all)" in err
+    assert "00002.tar, sample 'c': a second png member (c.png)" in err
+    assert sorted(read_concepts(out)) == ["00000.parquet"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(Path(shard).name for shard in summary["failed"]) == ["00001.tar", "00002.tar"]
+    # img2dataset's parquet shards: the same rule for their key column.
+    write_parquet_shard(tmp_path / "meta" / "00000.parquet", 0, ["a cat", "a dog"])
+    table = pq.read_table(tmp_path / "meta" / "00000.parquet")
+    pq.write_table(table.set_column(0, "key", [["k", "k"]]), tmp_path / "meta" / "00000.parquet")
+    assert run_cli("--input", tmp_path / "meta" / "*.parquet", "--output_dir", tmp_path / "meta-concepts") == 1
+    assert "00000.parquet: rows 0 and 1 have the same key 'k'" in capsys.readouterr().err

@@ -259,6 +259,27 @@ def test_cli_dry_run_prints_the_file_list_and_the_card(folder, token_env, monkey
     assert FAKE_TOKEN not in out
 
 
+def test_cli_refuses_a_base_model_of_another_model_type(folder, token_env, monkeypatch, caplog, capsys):
+    """The folder holds a CLIP: a SigLIP as `--base_model` would put a wrong model in the card and the Hub's model
+    tree. Offline (as here), the type comes from the name; online, from the base model's config.json."""
+    fake = FakeHub().install(monkeypatch)
+    status = push_main([str(folder), "--repo_id", "me/c2lip-tiny", "--base_model", "google/siglip-base-patch16-224"])
+    assert status == 1 and fake.calls == []
+    assert (
+        "--base_model google/siglip-base-patch16-224 is a siglip model (its name says siglip; its config.json could "
+        f"not be read), but {folder / 'config.json'} says model_type 'clip': pass the Hub id of the clip checkpoint "
+        "this model was trained from (training_args.json records --model_name_or_path openai/clip-vit-base-patch32), "
+        "or leave --base_model out."
+    ) in caplog.text
+    assert (
+        push_main(
+            [str(folder), "--repo_id", "me/c2lip-tiny", "--dry_run", "--base_model", "openai/clip-vit-large-patch14"]
+        )
+        == 0
+    )
+    assert "base_model: openai/clip-vit-large-patch14" in capsys.readouterr().out
+
+
 def test_cli_push_and_keep_card(folder, token_env, monkeypatch, capsys):
     fake = FakeHub().install(monkeypatch)
     (folder / "README.md").write_text("---\nlicense: mit\n---\n# my own card\n")

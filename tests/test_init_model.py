@@ -13,6 +13,7 @@ from modeling_concept_clip.commands.init_model import main as init_main
 from .test_train import assert_plain_checkpoint, read_log, run_training
 from .train_fixtures import make_rows, write_dataset
 
+UNICODE_CAPTION = "Un café rouge, 2 chiens et un 猫"
 SWAPPED = [
     "a red circle on the left and a blue square on the right",
     "a blue circle on the left and a red square on the right",
@@ -22,7 +23,7 @@ SWAPPED = [
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     rows = make_rows(16)
-    rows[0]["caption"] = "Un café rouge, 2 chiens"  # words outside a-z are spelt out, digits are tokens already
+    rows[0]["caption"] = UNICODE_CAPTION  # words of any script are tokens; digits and punctuation are bytes
     return write_dataset(tmp_path_factory.mktemp("data"), "jsonl", rows)
 
 
@@ -40,7 +41,11 @@ def test_init_writes_a_folder_that_trains_two_steps(model_type, data, tmp_path, 
     for word in {w for caption in captions[1:] for w in caption.split()} | {"this", "is", "photo", "of"}:
         assert tokenizer.tokenize(word) == [f"{word}</w>"], word
     assert tokenizer.eos_token_id == max(tokenizer.get_vocab().values()) == tokenizer.pad_token_id
-    assert tokenizer.unk_token_id not in tokenizer("un caf rouge 2 chiens").input_ids  # spelt out, not unknown
+    # No character of the captions is unknown: an accented or CJK caption decodes back to its words.
+    ids = tokenizer(UNICODE_CAPTION).input_ids
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "un café rouge , 2 chiens et un 猫"
+    assert len(tokenizer.tokenize("café")) == len(tokenizer.tokenize("猫")) == 1
     assert type(processor.image_processor).__name__.endswith("ImageProcessorPil")
     model = AutoModel.from_pretrained(folder).eval()
     assert model.config.vision_config.image_size == 32 and model.config.text_config.num_hidden_layers == 2

@@ -1,11 +1,14 @@
 """ConceptCLIPModel / ConceptSiglipModel against plain CLIPModel / SiglipModel and the naive reference."""
 
+import inspect
 import json
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, CLIPModel, SiglipModel, pipeline
 
 from modeling_concept_clip import ConceptCLIPModel, ConceptLossConfig, ConceptSiglipModel
@@ -71,6 +74,44 @@ def test_without_concepts_outputs_equal_base_class(tiny):
     assert type(ours) is type(theirs)
     for key in ("loss", "logits_per_image", "logits_per_text", "text_embeds", "image_embeds"):
         assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_forward_signature_keeps_the_base_class_parameters(tiny):
+    """transformers reads `forward`'s signature (e.g. the `Unpack[TransformersKwargs]` annotation of `**kwargs`, to
+    decide whether a model takes `output_attentions`): every base parameter is there, annotated the same."""
+    concept_cls, plain_cls = CLASSES[tiny[0]]
+    ours = inspect.signature(concept_cls.forward).parameters
+    for name, theirs in inspect.signature(plain_cls.forward).parameters.items():
+        assert name in ours, name
+        assert (ours[name].kind, ours[name].default, ours[name].annotation) == (
+            theirs.kind, theirs.default, theirs.annotation
+        ), name  # fmt: skip
+    assert list(ours)[-1] == "kwargs"
+
+
+def test_missing_weights_are_initialised_as_by_the_base_class(tiny, tmp_path):
+    """Weights absent from a checkpoint (here the first layer of both towers and the projections or the SigLIP
+    head) get exactly the values the base class's `from_pretrained` gives them, from the same seed."""
+    model_type, folder, _, _ = tiny
+    concept_cls, plain_cls = CLASSES[model_type]
+    weights = load_file(folder / "model.safetensors")
+    dropped = [
+        name
+        for name in weights
+        if ".layers.0." in name or "projection" in name or "vision_model.head." in name
+    ]  # fmt: skip
+    assert any("self_attn" in name for name in dropped) and any("mlp" in name for name in dropped)
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    kept = {name: tensor for name, tensor in weights.items() if name not in dropped}
+    save_file(kept, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = {}
+    for cls in (plain_cls, concept_cls):
+        torch.manual_seed(0)
+        model, info = cls.from_pretrained(tmp_path, dtype=torch.float32, output_loading_info=True)
+        assert sorted(info["missing_keys"]) == sorted(dropped)
+        loaded[cls] = model.state_dict()
+    different = [name for name in dropped if not torch.equal(loaded[plain_cls][name], loaded[concept_cls][name])]
+    assert not different, f"{len(different)} of {len(dropped)} missing weights initialised otherwise: {different}"
 
 
 def test_with_concepts_matches_naive_reference(tiny):

@@ -401,6 +401,78 @@ def test_missing_local_model_folder_is_named(tmp_path, capsys, monkeypatch):
         assert not raised_by_our_checks(error)  # raised inside the json module: a traceback
 
 
+def test_a_processor_that_does_not_fit_the_model_is_refused_before_training(checkpoints, tmp_path):
+    """A CLIP config with a SigLIP processor, and a model folder without tokenizer_config.json (the tokenizer then
+    loads with no length limit), are refused with the file named; the printed fix works as printed."""
+    from modeling_concept_clip import ConceptLossConfig
+    from modeling_concept_clip.training.arguments import ModelArguments
+    from modeling_concept_clip.training.loop import build_model
+
+    clip, siglip = Path(checkpoints["clip"]), Path(checkpoints["siglip"])
+    flags = ["--train_file", "never-read.jsonl", "--output_dir", str(tmp_path / "o"), "--report_to", "none"]
+    with pytest.raises(ValueError) as error:
+        run_training(["--config_name", str(clip), "--processor_name", str(siglip), *flags])
+    assert str(error.value).startswith(
+        f"--processor_name {siglip} is a siglip processor ({siglip / 'processor_config.json'}: SiglipProcessor), "
+        f"but the model is a clip ({clip / 'config.json'}: model_type 'clip')"
+    )
+    with pytest.raises(ValueError, match=f"--processor_name {clip} is a clip processor .* the model is a siglip"):
+        build_model(ModelArguments(model_name_or_path=str(siglip), processor_name=str(clip)), ConceptLossConfig())
+    folder = tmp_path / "no-tokenizer-config"
+    shutil.copytree(clip, folder)
+    (folder / "tokenizer_config.json").unlink()
+    with pytest.raises(ValueError) as error:
+        run_training(["--model_name_or_path", str(folder), *flags])
+    message = str(error.value)
+    assert message.startswith(
+        f"{folder / 'tokenizer_config.json'} is missing: the tokenizer loads without a length limit, more than the "
+        f"model's 32 text positions ({folder / 'config.json'}: model_type 'clip'): a longer caption would crash"
+    )
+    fix = re.search(r'python -c "(.*)"\.$', message).group(1)
+    subprocess.run([sys.executable, "-c", fix], check=True, env=subprocess_env())
+    model, processor = build_model(ModelArguments(model_name_or_path=str(folder)), ConceptLossConfig())
+    assert processor.tokenizer.model_max_length == 32
+    assert processor.tokenizer("a red circle " * 40, truncation=True).input_ids.__len__() == 32
+
+
+def test_resuming_a_checkpoint_of_another_size_says_so_in_one_line(checkpoints, tmp_path, monkeypatch):
+    from transformers import CLIPModel
+
+    from modeling_concept_clip.testing_utils import tiny_clip_config
+    from modeling_concept_clip.training import loop
+
+    data = write_dataset(tmp_path / "data", "jsonl", make_rows(8))
+    out = tmp_path / "out"
+    run_training(common_flags(checkpoints["clip"], out, steps=1) + as_flags(data) + ["--checkpointing_steps", "1"])
+    bigger = tmp_path / "bigger"
+    shutil.copytree(checkpoints["clip"], bigger)
+    plain = CLIPModel.from_pretrained(bigger)
+    tower = {"hidden_size": 64, "num_hidden_layers": 3, "intermediate_size": 128}
+    ids = {name: getattr(plain.config.text_config, name) for name in ("vocab_size", "eos_token_id", "bos_token_id")}
+    CLIPModel(tiny_clip_config(**ids, text_config=tower, vision_config=tower)).save_pretrained(bigger)
+    checkpoint = out / "checkpoints" / "checkpoint-1"
+    with pytest.raises(ValueError) as error:
+        run_training(common_flags(str(bigger), out, steps=2) + as_flags(data) + ["--resume_from_checkpoint", "latest"])
+    assert str(error.value) == (
+        f"--resume_from_checkpoint {checkpoint} holds a model of other sizes than this run builds (checkpoint: text 2 "
+        "layers x 32, 160 tokens; vision 2 layers x 32, 17 positions; this run: text 3 layers x 64, 160 tokens; "
+        "vision 3 layers x 64, 17 positions (109 of 110 tensors differ, e.g. text_model.embeddings.position_embedding.weight "
+        "is [32, 32] there, [32, 64] here)). Resume with the model flags of the run that saved it (its "
+        "training_args.json in the output folder records them), or start a new run in another --output_dir."
+    )
+    # FSDP and DeepSpeed checkpoints are not read ahead: load_state's error (a line per tensor) is shortened.
+    monkeypatch.setattr(loop, "check_checkpoint_sizes", lambda path, model: None)
+    with pytest.raises(ValueError) as error:
+        run_training(common_flags(str(bigger), out, steps=2) + as_flags(data) + ["--resume_from_checkpoint", "latest"])
+    shortened = re.fullmatch(
+        rf"--resume_from_checkpoint {checkpoint} holds a model of other sizes than this run builds \((\d+) tensors "
+        r"differ, e\.g\. text_model\.embeddings\.token_embedding\.weight is \[160, 32\] there, \[160, 64\] here\)\. "
+        r"Resume with .*",
+        str(error.value),
+    )
+    assert shortened and int(shortened.group(1)) > 50
+
+
 def test_help_shows_every_default():
     from modeling_concept_clip.training.arguments import build_parser
 

@@ -4,11 +4,12 @@
     concept-clip-init --train_dir data/images --model_type siglip --image_size 96 --layers 4 --output_dir outputs/small-siglip
 
 The folder holds a randomly initialised plain `CLIPModel`/`SiglipModel` (safetensors), its config, a word-level
-CLIP-format tokenizer whose vocabulary is the words of your captions (every word one token, most frequent first up
-to `--max_words`; other text is spelt out letter by letter), a PIL image processor and `random_init.json`, which
-records that the weights are a random initialisation (the model card of a run from the folder says so).
-`concept-clip-train` takes it as `--model_name_or_path DIR` (start from these weights) or as `--config_name DIR
---processor_name DIR` (a fresh initialisation with the training seed). The data flags are those of `concept-clip-train`, so the same flags name the
+CLIP-format tokenizer whose vocabulary is the words of your captions, in any script (every word one token, most
+frequent first up to `--max_words`; other text is spelt out letter by letter, and any other character byte by byte,
+so no character of a caption is unknown), a PIL image processor and `random_init.json`, which records that the
+weights are a random initialisation (the model card of a run from the folder says so). `concept-clip-train` takes it
+as `--model_name_or_path DIR` (start from these weights) or as `--config_name DIR --processor_name DIR` (a fresh
+initialisation with the training seed). The data flags are those of `concept-clip-train`, so the same flags name the
 same data in both commands.
 """
 
@@ -118,9 +119,10 @@ def write_small_model(args: InitArguments) -> Path:
     if not captions:
         raise ValueError(f"No caption text in the data ({skipped} rows without one): check --caption_column.")
     counts = count_words(captions)
-    # Words with letters outside a-z cannot be single tokens of a word-level tokenizer: they are spelt out.
-    words = [word for word, _ in counts.most_common() if word.isascii()][: args.max_words]
-    tokenizer = build_word_level_clip_tokenizer([*words, *PIPELINE_TEMPLATE_WORDS], model_max_length=args.max_length)
+    words = [word for word, _ in counts.most_common(args.max_words)]
+    tokenizer = build_word_level_clip_tokenizer(
+        [*words, *PIPELINE_TEMPLATE_WORDS], model_max_length=args.max_length, byte_fallback=True
+    )
     sizes = dict(patch_size=args.patch_size, width=args.width, layers=args.layers, heads=args.heads)
     if args.model_type == "clip":
         sizes["projection_dim"] = args.projection_dim

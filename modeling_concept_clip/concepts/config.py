@@ -9,7 +9,7 @@ from typing import Any, Literal
 from .normalization import _WHITESPACE
 
 # Bump whenever a change to the rules below changes what is extracted: it is part of the `datasets` cache key.
-EXTRACTION_RULES_VERSION = "1"
+EXTRACTION_RULES_VERSION = "2"  # 2: leading adverbs and conjunctions stripped ("then a cat")
 
 # Nouns that describe the picture rather than what it shows. A chunk rooted in one is dropped; when real
 # words precede it ("a white dress stock photo"), the boilerplate tail is trimmed instead.

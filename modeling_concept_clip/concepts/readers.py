@@ -146,10 +146,12 @@ def read_tar_captions(path: str, caption_member: str = "txt", caption_key: str |
     with extension `caption_member` (`txt`), or with `caption_key`, that key of the JSON member (`json`).
 
     Raises:
-        InputFileError: a caption is not valid UTF-8 (named by key).
+        InputFileError: a caption is not valid UTF-8, or a key is not unique (named by key): the concepts of a
+            sample are joined to it by its key, so two samples with one key would get the same concepts.
         tarfile.TarError, EOFError, OSError: the shard is truncated (no end-of-archive blocks) or not a tar file.
     """
     shard = ShardCaptions()
+    sample_members: set[str] = set()  # the members of the current sample
     with tarfile.open(path, mode="r|*") as stream:
         for member in stream:
             if not member.isreg() or os.path.basename(member.name).startswith((".", "__")):
@@ -160,6 +162,13 @@ def read_tar_captions(path: str, caption_member: str = "txt", caption_key: str |
             if not shard.keys or shard.keys[-1] != key:
                 shard.keys.append(key)
                 shard.captions.append(None)
+                sample_members = set()
+            if extension in sample_members:  # `datasets` refuses it too ("Duplicate field")
+                raise InputFileError(
+                    f"{path}, sample {key!r}: a second {extension} member ({member.name}). Give each sample of a "
+                    "shard its own key (the member name without its extensions) and rewrite the shard."
+                )
+            sample_members.add(extension)
             shard.members[extension] = None
             if extension != caption_member:
                 continue
@@ -177,7 +186,26 @@ def read_tar_captions(path: str, caption_member: str = "txt", caption_key: str |
         if size < stream.offset + 2 * tarfile.BLOCKSIZE:
             after = f"after sample {shard.keys[-1]!r}" if shard.keys else "before any sample"
             raise tarfile.ReadError(f"{path} is truncated: it stops at byte {size}, {after}, with no end-of-archive")
+    check_unique_keys(path, shard.keys)
     return shard
+
+
+def check_unique_keys(path: str, keys: list[str], what: str = "samples") -> None:
+    """Raise [`InputFileError`] naming the first key that `keys` (of the file `path`) holds twice, with positions.
+
+    WebDataset keys name samples within a shard, and training joins each sample to its concepts by its key: two
+    samples with one key would both get the concepts of one of them.
+    """
+    first: dict[str, int] = {}
+    for position, key in enumerate(keys):
+        earlier = first.setdefault(key, position)
+        if earlier != position:
+            count = len(keys) - len(set(keys))
+            raise InputFileError(
+                f"{path}: {what} {earlier} and {position} have the same key {key!r} ({count} repeated key"
+                f"{'s' if count > 1 else ''} in all). Concepts are joined to samples by key: give each sample of a "
+                "shard its own key and rewrite the shard."
+            )
 
 
 def read_parquet_captions(
@@ -200,6 +228,7 @@ def read_parquet_captions(
         shard.skipped_rows = downloaded.count(False)
         table = table.filter(downloaded)
     shard.keys = [str(key) for key in table.column(key_column).to_pylist()]
+    check_unique_keys(path, shard.keys, what="rows")
     if caption_column not in table.column_names:
         shard.captions = [None] * len(shard.keys)
     else:

@@ -65,6 +65,19 @@ def _is_edge_junk(token: Token) -> bool:
     return token.is_punct or token.is_space
 
 
+def _is_leading_filler(doc: Doc, i: int, end: int) -> bool:
+    """Whether token `i`, which opens the phrase `doc[i:end]`, is not part of the noun phrase: an adverb or a
+    conjunction of the sentence ("then a cat", "also two dogs", "and a dog") or an adjective before the determiner
+    ("next a green ball"). Kept: a negation ("not a cat"), a pre-determiner ("all the dogs", "many a man", "both the
+    men"), and an adverb that modifies a later word of the phrase other than its noun ("very large dogs")."""
+    token = doc[i]
+    if token.dep_ in ("neg", "predet", "preconj") or token.tag_ == "PDT":
+        return False
+    if token.pos_ in ("ADV", "CCONJ", "SCONJ"):
+        return not i < token.head.i < end - 1
+    return token.pos_ == "ADJ" and i + 1 < end and doc[i + 1].pos_ == "DET"
+
+
 def parser_chunks(doc: Doc) -> list[tuple[int, int]]:
     """Token ranges `[start, end)` of spaCy's noun chunks; the root is always the last token."""
     return [(chunk.start, chunk.end) for chunk in doc.noun_chunks]
@@ -156,7 +169,7 @@ def _clean_chunk(doc: Doc, start: int, end: int, rules: _Rules) -> tuple[int, in
     Returns the cleaned range, or `None` when the chunk is not a concept (pronoun, boilerplate, generic
     positional noun, nothing nominal left).
     """
-    while start < end and _is_edge_junk(doc[start]):
+    while start < end and (_is_edge_junk(doc[start]) or _is_leading_filler(doc, start, end)):
         start += 1
     while end > start and _is_edge_junk(doc[end - 1]):
         end -= 1

@@ -76,6 +76,13 @@ def missing_concepts_files(concepts_dir: str | os.PathLike, shards: list[str]) -
     return [shard for shard in shards if not concepts_file(concepts_dir, shard).is_file()]
 
 
+def read_concepts_file_keys(path: str | os.PathLike) -> list[str]:
+    """The `__key__` column of one concepts file, in order."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=[KEY_COLUMN]).column(KEY_COLUMN).to_pylist()
+
+
 @functools.lru_cache(maxsize=8)
 def _read_concepts_file(path: str, mtime_ns: int, column: str) -> dict[str, list[str]]:
     import pyarrow.parquet as pq

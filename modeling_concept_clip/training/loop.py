@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -61,6 +62,8 @@ from .state import TrainState
 logger = get_logger(__name__)
 
 MODEL_CLASSES = {"clip": ConceptCLIPModel, "siglip": ConceptSiglipModel}
+# How the class names of each model type's processors begin (CLIPProcessor, SiglipImageProcessorPil, ...).
+PROCESSOR_PREFIXES = {"clip": "CLIP", "siglip": "Siglip"}
 LOSS_TERMS = ("loss", "caption_loss", "npc_loss", "xac_loss")
 STREAM_JUDGED_AFTER_ROWS = 1000  # a stream has no known size: its bad-row fraction is judged after this many rows
 
@@ -79,6 +82,59 @@ def _check_source(flag: str, name: str | None) -> None:
             f"--{flag} {name!r}: no such file or folder (and not a Hub repo id either). Check the path; relative "
             f"paths are read from the current directory, {Path.cwd()}."
         ) from None
+
+
+def _named(source: str, *files: str) -> str:
+    """`source` itself when it is a file, else the first of `files` in the folder `source`, or where to find them in
+    a Hub repo."""
+    if Path(source).is_file():
+        return source
+    found = next((Path(source, name) for name in files if Path(source, name).is_file()), None)
+    return str(found) if found else f"{source} ({' or '.join(files)})"
+
+
+def check_processor(processor: Any, config: Any, model_source: tuple[str, str], source: tuple[str, str]) -> None:
+    """Refuse, before training, a processor that does not fit the model it would feed.
+
+    - a processor (or image processor) of the other model type: a SigLIP processor normalises images and pads texts
+      as SigLIP does, and its token ids are not the CLIP model's, so training would run and learn the wrong thing;
+    - a tokenizer that truncates at more tokens than the text tower has positions (a folder without
+      `tokenizer_config.json` loads with no limit at all): a long caption would crash the text tower mid-run, and
+      the export would keep the missing limit.
+
+    `model_source` and `source` are `(flag, value)` of the model's config and of the processor.
+    """
+    model_type, (flag, path) = config.model_type, source
+    config_file = f"{_named(model_source[1], 'config.json')}: model_type {model_type!r}"
+    for part in (processor, getattr(processor, "image_processor", None)):
+        name = type(part).__name__
+        other = next(
+            (t for t, prefix in PROCESSOR_PREFIXES.items() if t != model_type and name.startswith(prefix)), None
+        )
+        if other is not None:
+            raise ValueError(
+                f"{flag} {path} is a {other} processor ({_named(path, 'processor_config.json', 'preprocessor_config.json')}"
+                f": {name}), but the model is a {model_type} ({config_file}): its images would be normalised and its "
+                f"texts tokenised for another model. Pass the processor of a {model_type} checkpoint with "
+                "--processor_name."
+            )
+    tokenizer = getattr(processor, "tokenizer", None)
+    positions = config.text_config.max_position_embeddings
+    if tokenizer is None or tokenizer.model_max_length <= positions:
+        return
+    file = _named(path, "tokenizer_config.json")
+    if Path(path).is_dir() and not Path(file).is_file():
+        problem = f"{Path(path, 'tokenizer_config.json')} is missing: the tokenizer loads without a length limit"
+    else:
+        problem = f"{file} sets model_max_length {tokenizer.model_max_length}"
+    target = path if Path(path).is_dir() else f"./{path.rsplit('/', 1)[-1]}-processor"
+    raise ValueError(
+        f"{problem}, more than the model's {positions} text positions ({config_file}): a longer caption would crash "
+        "the text tower during training, and the exported tokenizer would not truncate either. Restore the "
+        'tokenizer_config.json saved with the tokenizer, or set the limit: python -c "from transformers import '
+        f"AutoProcessor; p = AutoProcessor.from_pretrained('{path}'); p.tokenizer.model_max_length = {positions}; "
+        f"p.save_pretrained('{target}')\"" + ("" if target == path else f", then pass --processor_name {target}") + "."
+    )
 
 
 def build_model(model_args: ModelArguments, concept_config: ConceptLossConfig) -> tuple[PreTrainedModel, Any]:
@@ -115,6 +171,9 @@ def build_model(model_args: ModelArguments, concept_config: ConceptLossConfig) -
         for module in frozen:
             module.requires_grad_(False)
     processor = AutoProcessor.from_pretrained(processor_source, cache_dir=model_args.cache_dir)
+    model_flag = "--model_name_or_path" if model_args.model_name_or_path else "--config_name"
+    processor_flag = "--processor_name" if model_args.processor_name else "--model_name_or_path"
+    check_processor(processor, config, (model_flag, source), (processor_flag, processor_source))
     return model, processor
 
 
@@ -293,18 +352,76 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
     return final
 
 
-def resume_state(accelerator: Accelerator, checkpoint: Path | None) -> TrainState:
+def describe_sizes(shapes: dict[str, tuple[int, ...]]) -> str:
+    """The towers' sizes from the names and shapes of a CLIP/SigLIP state dict: `"text 3 layers x 128, 136 tokens;
+    vision 3 layers x 128, 37 positions"` (a `module.` prefix, as DDP writes it, is ignored)."""
+    shapes = {name.removeprefix("module."): shape for name, shape in shapes.items()}
+    parts = []
+    for tower, count in (("text", "tokens"), ("vision", "positions")):
+        layers = {m.group(1) for name in shapes if (m := re.match(rf"{tower}_model\.encoder\.layers\.(\d+)\.", name))}
+        positions, width = shapes.get(f"{tower}_model.embeddings.position_embedding.weight", (None, None))
+        size = shapes.get("text_model.embeddings.token_embedding.weight", (None,))[0] if tower == "text" else positions
+        parts.append(f"{tower} {len(layers)} layers x {width}, {size} {count}")
+    return "; ".join(parts)
+
+
+def check_checkpoint_sizes(path: str, model: torch.nn.Module) -> None:
+    """Refuse, in one line, a checkpoint whose weights have other shapes than the model of this run (otherwise
+    `load_state` prints one size-mismatch line per tensor). Reads the tensor shapes of the checkpoint's
+    `model.safetensors` (what `save_state` writes outside FSDP and DeepSpeed; their formats are left to
+    `load_state`, whose size-mismatch error `resume_state` shortens the same way)."""
+    from safetensors import safe_open
+
+    file = Path(path, "model.safetensors")
+    if not file.is_file():
+        return
+    with safe_open(str(file), "pt") as handle:
+        saved = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    current = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    differ = sorted(name for name in saved.keys() & current.keys() if saved[name] != current[name])
+    missing = sorted(current.keys() - saved.keys())
+    if differ or missing:
+        example = (
+            f"{differ[0]} is {list(saved[differ[0]])} there, {list(current[differ[0]])} here"
+            if differ
+            else f"{missing[0]} is not there"
+        )
+        _refuse_checkpoint(path, f"checkpoint: {describe_sizes(saved)}; this run: {describe_sizes(current)} "
+                           f"({len(differ) + len(missing)} of {len(current)} tensors differ, e.g. {example})")  # fmt: skip
+
+
+def _refuse_checkpoint(path: str, sizes: str) -> None:
+    raise ValueError(
+        f"--resume_from_checkpoint {path} holds a model of other sizes than this run builds ({sizes}). Resume with "
+        "the model flags of the run that saved it (its training_args.json in the output folder records them), or "
+        "start a new run in another --output_dir."
+    )
+
+
+def resume_state(accelerator: Accelerator, checkpoint: Path | None, model: torch.nn.Module) -> TrainState:
     """A new state, or the state of `checkpoint` (with the model, optimizer, scheduler and sampler state loaded into
-    the prepared objects)."""
+    the prepared objects). A checkpoint of another model size is refused in one line."""
     if checkpoint is None:
         return TrainState()
-    if not Path(checkpoint, "trainer_state.json").is_file():
-        raise FileNotFoundError(
-            f"--resume_from_checkpoint {checkpoint}: not a checkpoint folder (no trainer_state.json)."
+    path = str(checkpoint)
+    if not Path(path, "trainer_state.json").is_file():
+        raise FileNotFoundError(f"--resume_from_checkpoint {path}: not a checkpoint folder (no trainer_state.json).")
+    check_checkpoint_sizes(path, model)
+    accelerator.print(f"Resuming from {path}")
+    try:
+        accelerator.load_state(path)
+    except RuntimeError as error:  # FSDP and DeepSpeed formats: one line per tensor of another size
+        shape = r"torch\.Size\((\[[\d, ]*\])\)"
+        mismatches = re.findall(
+            rf"size mismatch for (\S+): copying a param with shape {shape} from checkpoint, the shape in current "
+            rf"model is {shape}",
+            str(error),
         )
-    accelerator.print(f"Resuming from {checkpoint}")
-    accelerator.load_state(str(checkpoint))
-    return TrainState.load(checkpoint)
+        if not mismatches:
+            raise
+        name, saved, current = mismatches[0]
+        _refuse_checkpoint(path, f"{len(mismatches)} tensors differ, e.g. {name} is {saved} there, {current} here")
+    return TrainState.load(path)
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
@@ -648,7 +765,7 @@ def train(arguments: Arguments) -> dict[str, Any]:
     model, optimizer, scheduler = prepare_training(accelerator, model, loaders, args)
     check_free_space(accelerator, args, sum(n for n, _ in parameters), sum(n for n, grad in parameters if grad))
     # 5. A new run or the checkpoint it resumes from; the run's record, log and trackers.
-    state = resume_state(accelerator, checkpoint)
+    state = resume_state(accelerator, checkpoint, model)
     recount_bad_rows(loaders, state)
     if state.data_rows is None and loaders.dataset is not None:  # a new run (or a checkpoint of an older version)
         state.data_rows = len(loaders.dataset)
