@@ -145,7 +145,8 @@ def build_loaders(
     """Datasets (with concepts), collator and data loaders; also the extraction settings when concepts were
     extracted here. The map-style loaders still need `accelerator.prepare` (`loop.prepare_training`)."""
     data_args, args = arguments.data, arguments.training
-    use_concepts = arguments.concept.concept_loss
+    # Concepts feed the concept losses, the hard negatives, or both.
+    use_concepts = arguments.concept.concept_loss or data_args.hard_negatives != "none"
     train_dataset, image_root = load_split(data_args, arguments.model, "train")
     image_column, caption_column = resolve_columns(train_dataset, data_args.image_column, data_args.caption_column)
     extractor = None
@@ -165,6 +166,9 @@ def build_loaders(
         image_root=image_root,
         max_concepts_per_image=data_args.max_concepts_per_image,
         pad_to_max_length=model_type == "siglip",
+        concept_inputs=arguments.concept.concept_loss,
+        hard_negatives=data_args.hard_negatives,
+        hard_negative_seed=args.seed,
     )
     batch_size = args.per_device_train_batch_size
     batches_per_epoch = rows_per_epoch = None
@@ -224,6 +228,8 @@ class Step:
         rows: rows read by all processes in this step.
         skipped: rows dropped by all processes in this step, per reason.
         local_skipped: the rows this process dropped (with what was wrong with them).
+        hard_negatives: with hard negatives, the valid rows of all processes in this step whose caption got one
+            (`"made"`) and got none (`"none"`); zeros without them.
     """
 
     batch: dict[str, Any] | None
@@ -231,6 +237,7 @@ class Step:
     rows: int
     skipped: dict[str, int]
     local_skipped: list[SkippedRow]
+    hard_negatives: dict[str, int]
 
 
 def lockstep(batches: Iterable[dict[str, Any]], sums: ProcessSums) -> Iterator[Step]:
@@ -245,13 +252,17 @@ def lockstep(batches: Iterable[dict[str, Any]], sums: ProcessSums) -> Iterator[S
         rows = batch.pop("num_rows") if batch is not None else 0
         has_rows = batch is not None and "pixel_values" in batch
         reasons = [sum(row.reason == reason for row in local_skipped) for reason in SKIP_REASONS]
-        totals = sums([int(batch is not None), int(has_rows), rows, *reasons])
+        # The collator makes at most one negative per caption: the captions without one are the rest.
+        made = batch["negative_input_ids"].shape[0] if has_rows and "negative_input_ids" in batch else 0
+        without = batch["pixel_values"].shape[0] - made if has_rows and "negative_input_ids" in batch else 0
+        totals = sums([int(batch is not None), int(has_rows), rows, *reasons, made, without])
         if totals[0] == 0:
             return
         yield Step(
             batch=batch if has_rows else None,
             processes_with_rows=totals[1],
             rows=totals[2],
-            skipped=dict(zip(SKIP_REASONS, totals[3:])),
+            skipped=dict(zip(SKIP_REASONS, totals[3 : 3 + len(SKIP_REASONS)])),
             local_skipped=local_skipped,
+            hard_negatives={"made": totals[-2], "none": totals[-1]},
         )

@@ -358,7 +358,7 @@ def train_one_epoch(run: Run, state: TrainState) -> None:
     clock = time.perf_counter()
     for step in lockstep(run.loaders.train_batches(state.epoch, skip_batches=first_batch), run.sums):
         state.batches_in_epoch += 1
-        state.count_rows(step.rows, step.skipped)
+        state.count_rows(step.rows, step.skipped, step.hard_negatives)
         for row in step.local_skipped[: 5 - len(run.bad_row_examples)]:  # a few, for the error message
             run.bad_row_examples.append(f"{row.reason}: {row.detail}")
         # No process has rows: every process skips the step. Some have: the others take part with zero rows.

@@ -25,6 +25,8 @@ class TrainState:
         rows_seen: rows read by all processes together.
         rows_in_epoch: the part of `rows_seen` read in the epoch in progress.
         skipped: rows dropped by the collator, per reason, all processes together.
+        hard_negatives: with `--hard_negatives`, the captions read (valid rows, all processes) that got a hard
+            negative (`"made"`) and that had nothing to swap (`"none"`).
     """
 
     completed_steps: int = 0
@@ -34,6 +36,7 @@ class TrainState:
     rows_seen: int = 0
     rows_in_epoch: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    hard_negatives: dict[str, int] = field(default_factory=lambda: {"made": 0, "none": 0})
 
     def save(self, folder: str | Path) -> None:
         Path(folder, STATE_FILE).write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -50,16 +53,22 @@ class TrainState:
         state.skipped = {**dict.fromkeys(SKIP_REASONS, 0), **state.skipped}
         return state
 
-    def count_rows(self, rows: int, skipped: dict[str, int]) -> None:
+    def count_rows(self, rows: int, skipped: dict[str, int], hard_negatives: dict[str, int] | None = None) -> None:
         self.rows_seen += rows
         self.rows_in_epoch += rows
         for reason, count in skipped.items():
             self.skipped[reason] += count
+        for kind, count in (hard_negatives or {}).items():
+            self.hard_negatives[kind] += count
 
     @property
     def rows_skipped(self) -> int:
         return sum(self.skipped.values())
 
     def counts(self) -> dict[str, int]:
-        """The counts as they appear in the training log."""
-        return {"rows_seen": self.rows_seen, **{f"skipped_{reason}": n for reason, n in self.skipped.items()}}
+        """The counts as they appear in the training log (those of hard negatives only in a run that makes them)."""
+        counts = {"rows_seen": self.rows_seen, **{f"skipped_{reason}": n for reason, n in self.skipped.items()}}
+        if any(self.hard_negatives.values()):
+            counts["hard_negatives"] = self.hard_negatives["made"]
+            counts["captions_without_hard_negative"] = self.hard_negatives["none"]
+        return counts
