@@ -15,6 +15,8 @@ fine-tunes that prior with every variant, each a `python -m training.train` subp
 | `xac_only` | `c2lip.yaml` | `--npc_weight 0 --xac_weight 1` (at the recipe's 0.01 alone it would be the control) |
 | `owner` | `c2lip.yaml` | `--concept_positives owner` (the paper; the recipe uses "shared") |
 | `control_equal_time` | `control.yaml` | more steps: as many as fit in C2LIP's training time (equal wall-clock) |
+| `negclip` | `control.yaml` | `--hard_negatives swap`: the hard-negative baseline (NegCLIP), caption loss with one swap negative per caption |
+| `negclip_equal_time` | `control.yaml` | as `negclip`, with as many steps as fit in C2LIP's training time |
 
 The seed changes the initialisation, the prior's and the fine-tuning's data order and dropout-free randomness; the
 world (data and probes) is the same for every seed. Every variant of one seed starts from the same prior, with the
@@ -22,7 +24,9 @@ same data order. Results, in `--results_dir` (default `<output_dir>/results`): `
 over seeds of every probe, zero-shot task and retrieval R@1, at equal steps and at equal training time), `<name>.json`
 (every metric of every run, and the learning curves) and `<name>_curves.png` (control vs C2LIP, mean ± std over
 seeds, against steps and minutes).
-A finished run is reused when its settings did not change, so an interrupted ablation resumes where it stopped.
+A finished run is reused when its settings did not change, so an interrupted ablation resumes where it stopped, and
+variants added to a finished ablation (`--variants control c2lip negclip negclip_equal_time` after `--variants
+control c2lip`) train only themselves.
 """
 
 from __future__ import annotations
@@ -62,7 +66,19 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "xac_only": ("c2lip.yaml", ["--npc_weight", "0", "--xac_weight", "1"], "XAC only (w=1)"),
     "owner": ("c2lip.yaml", ["--concept_positives", "owner"], "owner positives"),
     "control_equal_time": ("control.yaml", [], "control, equal time"),
+    "negclip": ("control.yaml", ["--hard_negatives", "swap"], "NegCLIP"),
+    "negclip_equal_time": ("control.yaml", ["--hard_negatives", "swap"], "NegCLIP, equal time"),
 }
+# Equal-time variants: the variant whose time per step sets their steps (to fill C2LIP's training time).
+EQUAL_TIME = {"control_equal_time": "control", "negclip_equal_time": "negclip"}
+# Paired differences shown in the table and the summary: (variant, reference), when both ran.
+DELTAS: list[tuple[str, str, str]] = [
+    ("c2lip", "control", "Δ C2LIP - control (equal steps)"),
+    ("c2lip", "control_equal_time", "Δ C2LIP - control (equal time)"),
+    ("c2lip", "negclip", "Δ C2LIP - NegCLIP (equal steps)"),
+    ("c2lip", "negclip_equal_time", "Δ C2LIP - NegCLIP (equal time)"),
+    ("negclip", "control", "Δ NegCLIP - control (equal steps)"),
+]
 # Rows of the table: (key in the flat metrics, label).
 TABLE_ROWS: list[tuple[str, str]] = [
     ("probes/swap_att", "swap-att"),
@@ -115,6 +131,11 @@ class AblationArguments:
         metadata={"help": "Steps of `control_equal_time` (default: as many as the first seed's control takes in that "
                   "seed's C2LIP training time)."},
     )  # fmt: skip
+    negclip_equal_time_steps: int | None = field(
+        default=None,
+        metadata={"help": "Steps of `negclip_equal_time` (default: as many as the first seed's NegCLIP run takes in "
+                  "that seed's C2LIP training time)."},
+    )  # fmt: skip
     curve_variants: list[str] = field(
         default_factory=lambda: ["control", "c2lip"],
         metadata={"help": "Variants evaluated every 100 steps (learning curves); the others only at the end."},
@@ -131,7 +152,8 @@ def final_metrics(folder: Path) -> dict[str, float]:
 
 
 def equal_time_steps(control: Path, c2lip: Path) -> int:
-    """Control steps that take as long as the C2LIP run (training time only, evaluation excluded).
+    """Steps of the `control` run's recipe that take as long as the C2LIP run (training time only, evaluation
+    excluded); `control` is the control's folder, or NegCLIP's for `negclip_equal_time`.
 
     The control's time up to its first log entry (data-loader start-up and warm-up included, which a longer run pays
     once as well) plus its time per step after it, extrapolated to C2LIP's total training time.
@@ -161,14 +183,14 @@ def aggregate(results: dict[str, dict[int, dict[str, float]]], seeds: list[int])
             values = [by_seed[s][key] for s in seeds if s in by_seed]
             mean, std = _mean_std(values)
             summary[variant][key] = {"mean": mean, "std": std, "values": values}
-    for reference in ("control", "control_equal_time"):
-        if reference not in results or "c2lip" not in results:
+    for variant, reference, _ in DELTAS:
+        if reference not in results or variant not in results:
             continue
-        paired = [s for s in seeds if s in results[reference] and s in results["c2lip"]]
-        summary[f"c2lip_minus_{reference}"] = {
-            key: dict(zip(("mean", "std"), _mean_std([results["c2lip"][s][key] - results[reference][s][key] for s in paired])))
+        paired = [s for s in seeds if s in results[reference] and s in results[variant]]
+        summary[f"{variant}_minus_{reference}"] = {
+            key: dict(zip(("mean", "std"), _mean_std([results[variant][s][key] - results[reference][s][key] for s in paired])))
             for key, _ in TABLE_ROWS
-            if all(key in results["c2lip"][s] and key in results[reference][s] for s in paired)
+            if all(key in results[variant][s] and key in results[reference][s] for s in paired)
         }  # fmt: skip
     return summary
 
@@ -176,22 +198,18 @@ def aggregate(results: dict[str, dict[int, dict[str, float]]], seeds: list[int])
 def markdown_table(results: dict[str, dict[int, dict[str, float]]], seeds: list[int], title: str) -> str:
     variants = [v for v in ["prior", *VARIANTS] if v in results]
     labels = ["BoW prior" if v == "prior" else VARIANTS[v][2] for v in variants]
-    has_control = "control" in results and "c2lip" in results
-    has_equal = "control_equal_time" in results and "c2lip" in results
-    header = ["metric (%)", *labels]
-    header += ["Δ C2LIP - control (equal steps)"] if has_control else []
-    header += ["Δ C2LIP - control (equal time)"] if has_equal else []
+    deltas = [delta for delta in DELTAS if {delta[0], delta[1]} <= set(results)]
+    header = ["metric (%)", *labels, *(label for _, _, label in deltas)]
     lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for key, label in TABLE_ROWS:
         cells = []
         for variant in variants:
             values = [results[variant][s][key] for s in seeds if s in results[variant] and key in results[variant][s]]
             cells.append(_cell(values) if values else "–")
-        for reference, present in (("control", has_control), ("control_equal_time", has_equal)):
-            if present:
-                pairs = [(results["c2lip"].get(s, {}), results[reference].get(s, {})) for s in seeds]
-                deltas = [c2lip[key] - ref[key] for c2lip, ref in pairs if key in c2lip and key in ref]
-                cells.append(_cell(deltas) if deltas else "–")
+        for variant, reference, _ in deltas:
+            pairs = [(results[variant].get(s, {}), results[reference].get(s, {})) for s in seeds]
+            differences = [run[key] - ref[key] for run, ref in pairs if key in run and key in ref]
+            cells.append(_cell(differences) if differences else "–")
         lines.append("| " + " | ".join([label, *cells]) + " |")
     for key, label, scale in (("steps", "steps", 1), ("train_minutes", "training minutes", 1)):
         cells = []
@@ -204,7 +222,7 @@ def markdown_table(results: dict[str, dict[int, dict[str, float]]], seeds: list[
                 cells.append(f"{mean:.0f}" if key == "steps" else f"{mean:.2f} ± {std:.2f}")
             else:
                 cells.append("–")
-        cells += [""] * (int(has_control) + int(has_equal))
+        cells += [""] * len(deltas)
         lines.append("| " + " | ".join([label, *cells]) + " |")
     return "\n".join(lines)
 
@@ -219,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or ("ablation_shapes_world" if args.model_type == "clip" else "ablation_shapes_world_siglip")
     world = ensure_world(args.world_dir)
     benchmarks = benchmarks_file(root, args.world_dir)
-    order = [v for v in ("control", "c2lip") if v in args.variants]
+    # The references of the equal-time variants first (C2LIP's time, and the time per step of the control and NegCLIP).
+    order = [v for v in ("control", "c2lip", "negclip") if v in args.variants]
     order += [v for v in args.variants if v not in order]
-    equal_steps = args.equal_time_steps
+    equal_steps = {"control_equal_time": args.equal_time_steps, "negclip_equal_time": args.negclip_equal_time_steps}
     batch = ["--per_device_train_batch_size", str(args.batch_size)] if args.batch_size else []
     prior_extra = batch + (["--max_train_steps", str(args.prior_steps)] if args.prior_steps else [])
     results: dict[str, dict[int, dict[str, float]]] = {}
@@ -235,13 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         for variant in order:
             recipe, flags, _ = VARIANTS[variant]
             extra = base + flags + ([] if variant in args.curve_variants else ["--eval_steps", "none"])
-            if variant == "control_equal_time":
-                if equal_steps is None:
-                    if not {"control", "c2lip"} <= set(args.variants):
-                        raise ValueError("control_equal_time needs control and c2lip, or --equal_time_steps.")
-                    equal_steps = equal_time_steps(seed_root / "control", seed_root / "c2lip")
-                    print(f"\ncontrol_equal_time: {equal_steps} steps (C2LIP's training time of seed {seed})")
-                extra = [a for a in extra] + ["--max_train_steps", str(equal_steps)]
+            if variant in EQUAL_TIME:
+                reference = EQUAL_TIME[variant]
+                if equal_steps[variant] is None:
+                    if not {reference, "c2lip"} <= set(args.variants):
+                        flag = "--equal_time_steps" if variant == "control_equal_time" else f"--{variant}_steps"
+                        raise ValueError(f"{variant} needs {reference} and c2lip, or {flag}.")
+                    equal_steps[variant] = equal_time_steps(seed_root / reference, seed_root / "c2lip")
+                    print(f"\n{variant}: {equal_steps[variant]} steps (C2LIP's training time of seed {seed})")
+                extra = extra + ["--max_train_steps", str(equal_steps[variant])]
             folder, _ = fine_tune(variant, recipe, seed_root, prior, extra, retrain=args.retrain)
             results.setdefault(variant, {})[seed] = final_metrics(folder)
             logs.setdefault(variant, []).append([start_entry(prior), *read_log(folder)])
@@ -266,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "model_type": args.model_type,
         "seeds": args.seeds,
-        "equal_time_steps": equal_steps,
+        "equal_time_steps": equal_steps["control_equal_time"],
+        "negclip_equal_time_steps": equal_steps["negclip_equal_time"],
         "runs": {variant: {str(s): m for s, m in by_seed.items()} for variant, by_seed in results.items()},
         "summary": aggregate(results, args.seeds),
         "curves": curves,

@@ -106,6 +106,7 @@ class TrainingRecord:
     concepts_column: str = "concepts"
     max_concepts_per_image: int | None = None
     concept_loss: bool = True
+    hard_negatives: str = "none"
     npc_weight: float | None = None
     xac_weight: float | None = None
     tau: float | None = None
@@ -341,6 +342,7 @@ def build_model_card(
         init_folder=training.model_name_or_path if from_random else None,
         training=training,
         control=training is not None and not training.concept_loss,
+        negclip=training is not None and not training.concept_loss and training.hard_negatives != "none",
         dataset_on_hub=dataset_on_hub,
         arguments_yaml=arguments_yaml,
         arguments_flat=arguments_flat,

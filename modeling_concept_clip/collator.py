@@ -7,6 +7,12 @@ identity of each concept's normalised text, for "shared" positives), and the dis
 across processes): the model encodes each distinct concept once. Everything whose size or value depends on the data
 is decided here, on the CPU in the loader workers, so that the model's step makes no host sync.
 
+With `hard_negatives="swap"` (NegCLIP's baseline), each caption also gets at most one hard negative, made from its
+concepts by exchanging an attribute between two of its noun phrases (`concepts.negatives.swap_negative`): the
+negatives of the batch are `negative_input_ids`/`negative_attention_mask`, with as many rows as captions got one (zero
+rows when none did). It is made here, from the concepts column, by string operations (no parse), so it costs nothing
+to cache and works on streams; the training loop counts the captions without one.
+
 A bad row (image missing or unreadable, caption empty or not a string, no concepts) is dropped from its batch and
 reported in `batch["skipped"]`, so the training loop can count it; it never raises inside a data-loader worker.
 """
@@ -24,6 +30,7 @@ import torch
 from PIL import Image
 
 from .concepts import concept_id
+from .concepts.negatives import HARD_NEGATIVE_MODES, swap_negative
 
 SKIP_REASONS = ("image", "caption", "concepts")
 
@@ -83,6 +90,11 @@ class ConceptCollator:
         max_concepts_per_image: keep the first concepts of each caption (caption order) up to this many.
         pad_to_max_length: pad every text to the tokenizer's maximum length (SigLIP pools the last position, so
             it must see texts padded as in its training); otherwise pad to the longest text of the batch (CLIP).
+        concept_inputs: pass the concepts to the model (the concept losses). False reads `concepts_column` only
+            to make the hard negatives: a row without concepts is then kept, without a negative.
+        hard_negatives: `"none"`, or `"swap"`: one negative per caption where its noun phrases allow it (NegCLIP's
+            baseline; needs `concepts_column`).
+        hard_negative_seed: picks among a caption's candidate swaps (same seed, same negatives).
     """
 
     processor: Any
@@ -92,6 +104,15 @@ class ConceptCollator:
     image_root: str | None = None
     max_concepts_per_image: int | None = 8
     pad_to_max_length: bool = False
+    concept_inputs: bool = True
+    hard_negatives: str = "none"
+    hard_negative_seed: int = 0
+
+    def __post_init__(self):
+        if self.hard_negatives not in HARD_NEGATIVE_MODES:
+            raise ValueError(f"hard_negatives must be one of {HARD_NEGATIVE_MODES}, got {self.hard_negatives!r}.")
+        if self.hard_negatives != "none" and self.concepts_column is None:
+            raise ValueError("hard_negatives are made from the concepts: give a concepts_column.")
 
     def _load_image(self, value: Any) -> Image.Image:
         if isinstance(value, Image.Image):
@@ -117,7 +138,7 @@ class ConceptCollator:
         return {key: encoded[key] for key in ("input_ids", "attention_mask") if key in encoded}
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        images, captions, concepts, skipped = [], [], [], []
+        images, captions, concepts, all_concepts, skipped = [], [], [], [], []
         for position, row in enumerate(rows):
             caption = row.get(self.caption_column)
             if not isinstance(caption, str) or not caption.strip():
@@ -135,12 +156,12 @@ class ConceptCollator:
                 if not isinstance(value, list):
                     value = None
                 row_concepts = [c for c in (value or []) if isinstance(c, str) and c.strip()]
-                if not row_concepts:
+                # Without the concept losses a row without concepts stays (with no hard negative), as in the control.
+                if not row_concepts and self.concept_inputs:
                     skipped.append(
                         SkippedRow("concepts", f"{_describe(row, self.image_column)}: no concepts", position)
                     )
                     continue
-                row_concepts = row_concepts[: self.max_concepts_per_image]
             try:
                 image = self._load_image(row.get(self.image_column))
             except Exception as error:  # any unreadable image is a counted skip, whatever PIL raises
@@ -148,15 +169,23 @@ class ConceptCollator:
                 continue
             images.append(image)
             captions.append(caption)
-            concepts.append(row_concepts)
+            all_concepts.append(row_concepts)
+            concepts.append(row_concepts[: self.max_concepts_per_image])
 
         batch: dict[str, Any] = {"skipped": skipped, "num_rows": len(rows)}
         if not images:
             return batch
         batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt").pixel_values
         # Whatever the tokenizer returns: SigLIP's own tokenizer gives no attention mask (its pads are attended).
-        batch.update(self._tokenize(captions))
-        if self.concepts_column is not None:
+        caption_tokens = self._tokenize(captions)
+        batch.update(caption_tokens)
+        if self.hard_negatives == "swap":
+            # All concepts, not the first max_concepts_per_image: the negative may swap between any two phrases.
+            made = [swap_negative(c, k, self.hard_negative_seed) for c, k in zip(captions, all_concepts)]
+            negatives = [negative for negative in made if negative is not None]
+            tokens = self._tokenize(negatives) if negatives else {k: v[:0] for k, v in caption_tokens.items()}
+            batch.update({f"negative_{key}": value for key, value in tokens.items()})
+        if self.concepts_column is not None and self.concept_inputs:
             flat = [c for row_concepts in concepts for c in row_concepts]
             tokens = self._tokenize(flat)
             batch.update({f"concept_{key}": value for key, value in tokens.items()})

@@ -21,6 +21,15 @@ where the target distribution is uniform over the row's positives (one image per
 an image's concepts, which must all score high, in the image -> concepts direction). The first term makes a concept
 pick its image among images with other attribute combinations; the second makes an image prefer its own concepts.
 
+Hard negatives
+--------------
+Optional extra captions that match no image (`negative_embeds`, e.g. NegCLIP's attribute swaps made by
+`ConceptCollator(hard_negatives="swap")`), added to the caption loss as NegCLIP does: softmax, extra columns of the
+image -> text direction (each image's caption competes with every caption and every negative of the global batch;
+the text -> image direction is unchanged); sigmoid, extra rows of negative pairs (every negative against every
+image, label -1), divided by the number of images like the rest of the caption loss. Each process gives its own
+number of negatives, possibly none.
+
 Positives
 ---------
 `"owner"` (the paper): a concept is positive only for the image whose caption gave it. `"shared"`: every image of
@@ -266,6 +275,7 @@ class _GlobalBatch:
     texts: torch.Tensor  # (num_images, dim)
     images: torch.Tensor  # (num_images, dim)
     concepts: torch.Tensor  # (num_concepts, dim)
+    negatives: torch.Tensor  # (num_negatives, dim): hard-negative captions, matching no image
     concept_image_index: torch.Tensor | None  # (num_concepts,), index into all images
     concept_ids: torch.Tensor | None  # (num_concepts,)
     image_counts: list[int]  # images of each process
@@ -281,40 +291,46 @@ def _gather_batch(
     concept_ids: torch.Tensor | None,
     world_size: int,
     rank: int,
+    negative_embeds: torch.Tensor | None = None,
 ) -> _GlobalBatch:
-    """Captions, images and concepts of all processes (differentiable), with the concepts' images and identities."""
+    """Captions, images, concepts and hard negatives of all processes (differentiable), with the concepts' images
+    and identities."""
     num_images, num_concepts = image_embeds.shape[0], concept_embeds.shape[0]
+    negative_embeds = image_embeds[:0] if negative_embeds is None else negative_embeds
+    num_negatives = negative_embeds.shape[0]
     if world_size == 1:
         return _GlobalBatch(
             texts=text_embeds,
             images=image_embeds,
             concepts=concept_embeds,
+            negatives=negative_embeds,
             concept_image_index=concept_image_index,
             concept_ids=concept_ids,
             image_counts=[num_images],
             local_images=slice(0, num_images),
             local_concepts=slice(0, num_concepts),
         )
-    counts = all_gather_sizes((num_images, num_concepts), world_size)
-    image_offset = sum(m for m, _ in counts[:rank])
-    concept_offset = sum(n for _, n in counts[:rank])
-    # One differentiable gather of [texts; images; concepts]: a single collective, whose backward every process
-    # runs at the same point.
-    rows = [2 * m + n for m, n in counts]
-    packed = torch.cat([text_embeds, image_embeds, concept_embeds])
+    counts = all_gather_sizes((num_images, num_concepts, num_negatives), world_size)
+    image_offset = sum(m for m, _, _ in counts[:rank])
+    concept_offset = sum(n for _, n, _ in counts[:rank])
+    # One differentiable gather of [texts; images; concepts; negatives]: a single collective, whose backward every
+    # process runs at the same point.
+    rows = [2 * m + n + k for m, n, k in counts]
+    packed = torch.cat([text_embeds, image_embeds, concept_embeds, negative_embeds])
     pieces = all_gather_rows(packed, rows, with_grad=True).split(rows)
     index, ids = concept_image_index, concept_ids
     if concept_image_index is not None:  # (num_concepts, 2): global image index and identity, one gather
         labels = torch.stack([index.long() + image_offset, (index if ids is None else ids).long()], 1)
-        labels = all_gather_rows(labels, [n for _, n in counts], with_grad=False)
+        labels = all_gather_rows(labels, [n for _, n, _ in counts], with_grad=False)
         index, ids = labels[:, 0], None if ids is None else labels[:, 1]
     return _GlobalBatch(
-        texts=torch.cat([piece[:m] for piece, (m, _) in zip(pieces, counts)]),
-        images=torch.cat([piece[m : 2 * m] for piece, (m, _) in zip(pieces, counts)]),
-        concepts=torch.cat([piece[2 * m :] for piece, (m, _) in zip(pieces, counts)]),
+        texts=torch.cat([piece[:m] for piece, (m, _, _) in zip(pieces, counts)]),
+        images=torch.cat([piece[m : 2 * m] for piece, (m, _, _) in zip(pieces, counts)]),
+        concepts=torch.cat([piece[2 * m : 2 * m + n] for piece, (m, n, _) in zip(pieces, counts)]),
+        negatives=torch.cat([piece[2 * m + n :] for piece, (m, n, _) in zip(pieces, counts)]),
         concept_image_index=index,
         concept_ids=ids,
-        image_counts=[m for m, _ in counts],
+        image_counts=[m for m, _, _ in counts],
         local_images=slice(image_offset, image_offset + num_images),
         local_concepts=slice(concept_offset, concept_offset + num_concepts),
     )
@@ -328,14 +344,17 @@ def _caption_loss(
     logit_bias: torch.Tensor | float,
     loss_form: LossForm,
 ) -> torch.Tensor:
-    """This process's share of the backbone's image-caption loss (its images' columns, or rows)."""
+    """This process's share of the backbone's image-caption loss (its images' columns, or rows), with the hard
+    negatives of all processes as captions that match no image."""
     num_images = batch.texts.shape[0]
     local_images = torch.arange(batch.local_images.start, batch.local_images.stop, device=image_embeds.device)
+    # Rows num_images.. are the negatives: no image index equals theirs.
+    texts = torch.cat([batch.texts, batch.negatives]) if batch.negatives.shape[0] else batch.texts
     if loss_form == "sigmoid":
-        positives = torch.arange(num_images, device=image_embeds.device)[:, None] == local_images[None, :]
-        logits = logit_scale * batch.texts @ image_embeds.T + logit_bias
+        positives = torch.arange(texts.shape[0], device=image_embeds.device)[:, None] == local_images[None, :]
+        logits = logit_scale * texts @ image_embeds.T + logit_bias
         return sigmoid_loss_sum(logits, positives) / num_images
-    image_to_text = F.cross_entropy(logit_scale * image_embeds @ batch.texts.T, local_images, reduction="sum")
+    image_to_text = F.cross_entropy(logit_scale * image_embeds @ texts.T, local_images, reduction="sum")
     text_to_image = F.cross_entropy(logit_scale * text_embeds @ batch.images.T, local_images, reduction="sum")
     return (image_to_text + text_to_image) / (2 * num_images)
 
@@ -427,6 +446,7 @@ def c2lip_losses(
     config: ConceptLossConfig | None = None,
     world_size: int = 1,
     rank: int = 0,
+    negative_embeds: torch.Tensor | None = None,
 ) -> C2LIPLosses:
     """Caption, NPC and XAC losses of one batch, over all processes' batches when `world_size > 1`.
 
@@ -446,6 +466,9 @@ def c2lip_losses(
         concept_ids (`torch.LongTensor` of shape `(num_concepts,)`, *optional*): concept identities ("shared").
         config: loss weights, temperature, positives mode, memory budget.
         world_size, rank: this process's place in the default process group (`(1, 0)`: no gathering).
+        negative_embeds (`torch.Tensor` of shape `(num_negatives, dim)`, *optional*): L2-normalised hard-negative
+            captions, matching no image (see "Hard negatives" in the module docstring); zero rows are allowed, also
+            on some processes only (keep them attached to the graph, as concept rows).
 
     Returns:
         [`C2LIPLosses`] with `loss = caption + npc_weight * npc + xac_weight * xac`; with several processes, each
@@ -461,6 +484,11 @@ def c2lip_losses(
         raise ValueError("concept_positives='shared' needs concept_ids (or use the model, which derives them).")
     if with_concepts and config.xac_weight > 0 and image_tokens is None:
         raise ValueError("xac_weight > 0 needs image_tokens (the projected patch tokens).")
+    dim = text_embeds.shape[1]
+    if negative_embeds is not None and (negative_embeds.dim() != 2 or negative_embeds.shape[1] != dim):
+        raise ValueError(
+            f"negative_embeds must have shape (num_negatives, {dim}), got {tuple(negative_embeds.shape)}."
+        )
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}.")
 
@@ -477,6 +505,7 @@ def c2lip_losses(
             concept_ids if with_concepts and config.concept_positives == "shared" else None,
             world_size,
             rank,
+            None if negative_embeds is None else negative_embeds.float(),
         )
         losses = {"caption_loss": _caption_loss(batch, image_embeds, text_embeds, logit_scale, logit_bias, loss_form)}
         if with_concepts:

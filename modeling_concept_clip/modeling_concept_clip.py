@@ -41,6 +41,8 @@ class ConceptCLIPOutput(CLIPOutput):
     concept_embeds (`torch.Tensor` of shape `(num_concepts, projection_dim)`): L2-normalised concept embeddings.
     image_token_embeds (`torch.Tensor` of shape `(batch_size, num_patches, projection_dim)`): L2-normalised patch
         tokens in the joint space (`None` when `xac_weight` is 0: they are not computed).
+    negative_embeds (`torch.Tensor` of shape `(num_negatives, projection_dim)`): L2-normalised hard-negative
+        captions (`None` without `negative_input_ids`).
     """
 
     caption_loss: torch.Tensor | None = None
@@ -48,6 +50,7 @@ class ConceptCLIPOutput(CLIPOutput):
     xac_loss: torch.Tensor | None = None
     concept_embeds: torch.Tensor | None = None
     image_token_embeds: torch.Tensor | None = None
+    negative_embeds: torch.Tensor | None = None
 
 
 @dataclass
@@ -61,6 +64,7 @@ class ConceptSiglipOutput(SiglipOutput):
     xac_loss: torch.Tensor | None = None
     concept_embeds: torch.Tensor | None = None
     image_token_embeds: torch.Tensor | None = None
+    negative_embeds: torch.Tensor | None = None
 
 
 def _check_index_tensor(name: str, tensor: torch.Tensor | None, length: int | None) -> None:
@@ -72,6 +76,21 @@ def _check_index_tensor(name: str, tensor: torch.Tensor | None, length: int | No
         raise ValueError(f"{name} must be an integer (LongTensor), got dtype {tensor.dtype}.")
     if length is not None and tensor.shape[0] != length:
         raise ValueError(f"{name} has {tensor.shape[0]} entries, concept_input_ids has {length} rows.")
+
+
+def _check_text_batch(name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    """A tokenised batch of texts (`{name}_input_ids`, `{name}_attention_mask`): 2-D integers, masks of its shape."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"{name}_input_ids must be a 2-D tensor of shape (num_{name}s, sequence_length).")
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise ValueError(f"{name}_input_ids must be an integer tensor, got dtype {input_ids.dtype}.")
+    if input_ids.shape[1] == 0:
+        raise ValueError(f"{name}_input_ids has sequences of length 0.")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"{name}_attention_mask has shape {tuple(attention_mask.shape)}, "
+            f"{name}_input_ids has {tuple(input_ids.shape)}."
+        )
 
 
 def validate_concept_batch(
@@ -321,6 +340,8 @@ class ConceptModelMixin:
         concept_unique_index: torch.LongTensor | None = None,
         concept_unique_inverse: torch.LongTensor | None = None,
         concept_unique_keys: list[int] | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ):
         r"""
@@ -341,11 +362,16 @@ class ConceptModelMixin:
         concept_unique_keys (`list[int]`, *optional*):
             A host-side identity of each distinct row, equal across processes for the same text; needed by
             `ConceptLossConfig(global_concept_dedup=True)`.
+        negative_input_ids (`torch.LongTensor` of shape `(num_negatives, sequence_length)`, *optional*):
+            Tokenised hard-negative captions (NegCLIP's baseline, e.g. `ConceptCollator(hard_negatives="swap")`),
+            encoded by the text tower and added to the caption loss as captions that match no image (see
+            `modeling_concept_clip.losses`). Used only with `return_loss`.
+        negative_attention_mask (`torch.Tensor` of shape `(num_negatives, sequence_length)`, *optional*).
         return_loss (`bool`, *optional*): compute the losses.
 
-        Without concept inputs this is exactly the base class's forward, except that in a distributed run with
-        `return_loss` the caption loss spans all processes' batches. In a distributed run, every process passes
-        concept inputs (possibly with zero rows), or none does.
+        Without concept inputs and hard negatives this is exactly the base class's forward, except that in a
+        distributed run with `return_loss` the caption loss spans all processes' batches. In a distributed run,
+        every process passes concept inputs (possibly with zero rows), or none does; the same for hard negatives.
         """
         concepts = _ConceptInputs(
             concept_input_ids,
@@ -360,8 +386,14 @@ class ConceptModelMixin:
             if any(value is not None for value in vars(concepts).values()):
                 raise ValueError("Concept inputs (concept_image_index, ...) were given without concept_input_ids.")
             concepts = None
+        if negative_input_ids is None and negative_attention_mask is not None:
+            raise ValueError("negative_attention_mask was given without negative_input_ids.")
+        negatives = None
+        if negative_input_ids is not None and return_loss:
+            _check_text_batch("negative", negative_input_ids, negative_attention_mask)
+            negatives = (negative_input_ids, negative_attention_mask)
         world_size, rank = self._loss_world()
-        if concepts is None and not (return_loss and world_size > 1):
+        if concepts is None and negatives is None and not (return_loss and world_size > 1):
             return super().forward(
                 input_ids=input_ids,
                 pixel_values=pixel_values,
@@ -375,7 +407,7 @@ class ConceptModelMixin:
             raise ValueError("C2LIP training needs both pixel_values and input_ids (the captions).")
         return self._concept_forward(
             input_ids, pixel_values, attention_mask, position_ids, return_loss, interpolate_pos_encoding, concepts,
-            world_size, rank, **kwargs,
+            world_size, rank, negatives, **kwargs,
         )  # fmt: skip
 
     def _concept_forward(
@@ -389,10 +421,11 @@ class ConceptModelMixin:
         concepts: _ConceptInputs | None,
         world_size: int,
         rank: int,
+        negatives: tuple[torch.Tensor, torch.Tensor | None] | None = None,
         **kwargs,
     ):
-        """Both towers, the concept embeddings and the C2LIP losses (see `forward`); `concepts` is `None` for the
-        caption loss alone over all processes."""
+        """Both towers, the concept and hard-negative embeddings and the C2LIP losses (see `forward`); `concepts`
+        is `None` for the caption loss alone (with the hard `negatives`, `(input_ids, attention_mask)`, if any)."""
         if concepts is not None:
             concepts.validate(num_images=pixel_values.shape[0], allow_empty=world_size > 1)
 
@@ -412,6 +445,8 @@ class ConceptModelMixin:
             concept_ids = concepts.ids
             if concept_ids is None and self.concept_config.concept_positives == "shared":
                 concept_ids = concept_ids_from_tokens(concepts.input_ids, concepts.attention_mask)
+        # A process without negatives runs the text tower on one padding row (see `_text_embeds`), as the others.
+        negative_embeds = None if negatives is None else F.normalize(self._text_embeds(*negatives)[1], dim=-1)
 
         logit_scale = self.logit_scale.exp()
         logit_bias = getattr(self, "logit_bias", None)
@@ -435,6 +470,7 @@ class ConceptModelMixin:
                 config=self.concept_config,
                 world_size=world_size,
                 rank=rank,
+                negative_embeds=negative_embeds,
             )
         return self._output_class(
             loss=losses.loss if losses else None,
@@ -449,6 +485,7 @@ class ConceptModelMixin:
             xac_loss=losses.xac_loss if losses else None,
             concept_embeds=concept_embeds,
             image_token_embeds=image_tokens,
+            negative_embeds=negative_embeds,
         )
 
 

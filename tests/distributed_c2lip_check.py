@@ -9,7 +9,8 @@ exchanged through the CPU group are host reads by design, counted apart). Then t
 deduplication, on a batch whose processes share concepts. Last, `c2lip_losses` on embeddings of a larger uneven
 global batch: the shares average to the single-process losses (inputs' gradients too), and no tensor of the forward
 or backward pass has a dimension for every concept of the global batch and one for every image of it (such a
-tensor grows with the square of the number of processes).
+tensor grows with the square of the number of processes). And with hard negatives (NegCLIP's
+baseline, with and without the concept losses), which only rank 0 has.
 """
 
 import json
@@ -41,17 +42,36 @@ CONCEPTS = [("a big red circle", 0), ("a blue square", 0), ("a cat", 1), ("a dog
 # For global deduplication: "a cat" and "a dog" on both ranks.
 CONCEPTS_ACROSS = [("a big red circle", 0), ("a cat", 1), ("a dog", 1), ("the man", 2), ("a cat", 3), ("a cat", 4),
                    ("a green tree", 4), ("a dog", 5), ("a white car", 5)]  # fmt: skip
+# Hard-negative captions (text, image whose caption gave it): all on rank 0, none on rank 1.
+NEGATIVES = [("a blue circle and a red square", 0), ("a dog next to a cat", 1), ("a cat and a yellow star", 3)]
 SPLIT = [(0, 4), (4, 6)]  # images of rank 0 and rank 1
 TOLERANCE = dict(atol=2e-5, rtol=1e-4)
 
 
-def make_batch(processor, model_type, images, pixel_values, collator_extras=False, all_concepts=CONCEPTS):
+def make_batch(
+    processor, model_type, images, pixel_values, collator_extras=False, all_concepts=CONCEPTS, negatives=None
+):
+    """The batch of images `[start, stop)`; `all_concepts=None`: no concept inputs; `negatives`: the hard negatives
+    of these images (`negative_input_ids` with zero rows when none is theirs)."""
     padding = "max_length" if model_type == "siglip" else True
     start, stop = images
     if start == stop:  # a process whose rows were all bad: the tensors of a batch, with zero rows (no host lists)
-        batch = make_batch(processor, model_type, (0, 1), pixel_values, collator_extras, all_concepts)
+        batch = make_batch(processor, model_type, (0, 1), pixel_values, collator_extras, all_concepts, negatives)
         return {key: value[:0] for key, value in batch.items() if isinstance(value, torch.Tensor)}
+    negative_batch = {}
+    if negatives is not None:
+        texts = [text for text, image in negatives if start <= image < stop] or ["a"]
+        tokens = processor.tokenizer(texts, padding=padding, return_tensors="pt")
+        rows = len(texts) if any(start <= image < stop for _, image in negatives) else 0
+        negative_batch = {f"negative_{key}": value[:rows] for key, value in tokens.items()}
     captions = processor.tokenizer(CAPTIONS[start:stop], padding=padding, return_tensors="pt")
+    if all_concepts is None:
+        return dict(
+            input_ids=captions.input_ids,
+            attention_mask=captions.attention_mask,
+            pixel_values=pixel_values[start:stop],
+            **negative_batch,
+        )
     concepts = [(text, image - start) for text, image in all_concepts if start <= image < stop]
     if concepts:
         tokens = processor.tokenizer([t for t, _ in concepts], padding=padding, return_tensors="pt")
@@ -66,6 +86,7 @@ def make_batch(processor, model_type, images, pixel_values, collator_extras=Fals
         concept_input_ids=concept_ids,
         concept_attention_mask=concept_mask,
         concept_image_index=torch.tensor([i for _, i in concepts], dtype=torch.long),
+        **negative_batch,
     )
     if collator_extras:  # what ConceptCollator adds
         batch["concept_unique_index"], batch["concept_unique_inverse"] = unique_rows(concept_ids, concept_mask)
@@ -76,7 +97,7 @@ def make_batch(processor, model_type, images, pixel_values, collator_extras=Fals
 
 
 def ddp_against_single_process(
-    model_type, plain, processor, pixel_values, config, all_concepts, rank, world_size, split=SPLIT
+    model_type, plain, processor, pixel_values, config, all_concepts, rank, world_size, split=SPLIT, negatives=None
 ):
     """One DDP step of two processes against one process on the concatenated batch: losses, gradients, syncs."""
     concept_cls = ConceptCLIPModel if model_type == "clip" else ConceptSiglipModel
@@ -85,7 +106,7 @@ def ddp_against_single_process(
     reference = concept_cls(plain.config, ConceptLossConfig(**single))
     reference.load_state_dict(plain.state_dict())
     reference.train()
-    full = make_batch(processor, model_type, (split[0][0], split[-1][1]), pixel_values, all_concepts=all_concepts)
+    full = make_batch(processor, model_type, (split[0][0], split[-1][1]), pixel_values, False, all_concepts, negatives)
     ref_out = reference(**full, return_loss=True)
     ref_out.loss.backward()
     ref_grads = {name: p.grad.clone() for name, p in reference.named_parameters()}
@@ -95,13 +116,15 @@ def ddp_against_single_process(
     model.load_state_dict(plain.state_dict())
     model.train()
     ddp = DistributedDataParallel(model)
-    local = make_batch(processor, model_type, split[rank], pixel_values, True, all_concepts)
+    local = make_batch(processor, model_type, split[rank], pixel_values, True, all_concepts, negatives)
     with HostSyncCounter(host_only=[all_gather_sizes, all_gather_host_lists]) as syncs:
         out = ddp(**local, return_loss=True)
         out.loss.backward()
 
     results = {}
     for name in ("loss", "caption_loss", "npc_loss", "xac_loss"):
+        if getattr(ref_out, name) is None:
+            continue
         value = out[name].detach().clone()
         dist.all_reduce(value)
         torch.testing.assert_close(value / world_size, ref_out[name].detach(), **TOLERANCE)
@@ -249,6 +272,27 @@ def check_linear_memory(form, positives, rank, world_size):
     return {"max_grad_diff": worst, "shapes": len(made.shapes)}
 
 
+def check_hard_negatives(model_type, rank, world_size):
+    """Hard negatives on rank 0 only (uneven: 3 and 0), without concepts (NegCLIP's baseline) and with them (C2LIP
+    plus hard negatives): DDP losses and gradients against one process, and no host sync beyond the plain step."""
+    plain, processor = build_tiny_model_and_processor(model_type, seed=0)
+    pixel_values = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    config = dict(npc_weight=1.0, xac_weight=0.5, tau=2.0, concept_positives="shared")
+    results = {}
+    for name, concepts in (("negclip", None), ("c2lip", CONCEPTS)):
+        result, model, ddp, local, _, syncs = ddp_against_single_process(
+            model_type, plain, processor, pixel_values, config, concepts, rank, world_size, negatives=NEGATIVES
+        )
+        assert local["negative_input_ids"].shape[0] == (3 if rank == 0 else 0)
+        model.concept_config = ConceptLossConfig(**config, gather_across_processes=False)
+        captions_only = {k: local[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+        with HostSyncCounter() as plain_syncs:
+            ddp(**captions_only, return_loss=True).loss.backward()
+        assert not syncs.counts - plain_syncs.counts, dict(syncs.counts)
+        results[name] = result
+    return results
+
+
 def hash_free_id(text):
     return sorted({t for t, _ in CONCEPTS + CONCEPTS_ACROSS}).index(text)
 
@@ -264,6 +308,9 @@ def main():
     for form in ("softmax", "sigmoid"):
         for positives in ("owner", "shared"):
             report[f"embeddings/{form}/{positives}"] = check_linear_memory(form, positives, rank, world_size)
+    report["hard_negatives"] = {
+        model_type: check_hard_negatives(model_type, rank, world_size) for model_type in ("clip", "siglip")
+    }
     if rank == 0:
         print("C2LIP-DISTRIBUTED-OK " + json.dumps(report))
     dist.barrier()  # no process tears gloo down while a peer still has traffic in flight (an abort at exit)

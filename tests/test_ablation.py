@@ -29,6 +29,19 @@ def test_table_cells_are_mean_and_sample_std_over_seeds_and_paired_differences()
     summary = ablation.aggregate(results, [0, 1])
     assert summary["c2lip"]["probes/swap_att"]["mean"] == pytest.approx(0.8)
     assert summary["c2lip_minus_control"]["probes/swap_att"]["std"] == pytest.approx(0.0707107, rel=1e-5)
+    # With NegCLIP: its column after C2LIP's, then C2LIP - control, C2LIP - NegCLIP and NegCLIP - control.
+    results["negclip"] = {0: {"probes/swap_att": 0.8}, 1: {"probes/swap_att": 0.7}}
+    table = ablation.markdown_table(results, [0, 1], "t")
+    header = next(line for line in table.splitlines() if line.startswith("| metric"))
+    assert header.endswith(
+        "| control | C2LIP | NegCLIP | Δ C2LIP - control (equal steps) | Δ C2LIP - NegCLIP (equal steps) "
+        "| Δ NegCLIP - control (equal steps) |"
+    )
+    row = next(line for line in table.splitlines() if line.startswith("| swap-att |"))
+    # NegCLIP 80, 70 -> 75.0 ± 7.1; C2LIP - NegCLIP -10, 20 -> 5.0 ± 21.2; NegCLIP - control 30, 10 -> 20.0 ± 14.1.
+    assert row == "| swap-att | 55.0 ± 7.1 | 80.0 ± 14.1 | 75.0 ± 7.1 | 25.0 ± 7.1 | 5.0 ± 21.2 | 20.0 ± 14.1 |"
+    summary = ablation.aggregate(results, [0, 1])
+    assert summary["c2lip_minus_negclip"]["probes/swap_att"]["mean"] == pytest.approx(0.05)
 
 
 def _write_log(folder: Path, entries: list[tuple[int, float]]) -> None:
@@ -53,7 +66,7 @@ def test_short_runs_do_not_read_as_zero_minutes():
     assert "| training minutes | 0.04 ± 0.00 | 0.04 ± 0.00 |" in table
 
 
-def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):
+def test_tiny_ablation_over_two_seeds_then_added_variants_reuse_the_finished_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the script changes into the repository root; the fixture changes back
     world = tmp_path / "world"
     tiny = dict(num_train=48, num_test=8, captions_per_test_image=2, zeroshot_per_class=2, num_unseen=4)
@@ -62,18 +75,12 @@ def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):
     root = tmp_path / "ablation"
     results_dir = root / "results"
     committed = {path: path.stat().st_mtime_ns for path in (ablation.ROOT / "benchmarks" / "results").iterdir()}
-    argv = ["--world_dir", str(world), "--output_dir", str(root)]
-    # npc_only is not a curve variant: it trains without evaluation during training (the recipe's eval_steps off).
-    argv += ["--seeds", "0", "1", "--variants", "control", "c2lip", "npc_only", "--steps", "2", "--prior_steps", "2"]
-    argv += ["--batch_size", "16", "--name", "tiny"]
-    assert ablation.main(argv) == 0
+    common = ["--world_dir", str(world), "--output_dir", str(root), "--steps", "2", "--prior_steps", "2"]
+    common += ["--batch_size", "16"]
+    assert ablation.main(common + ["--seeds", "0", "1", "--variants", "control", "c2lip", "--name", "tiny"]) == 0
 
     payload = json.loads((results_dir / "tiny.json").read_text())
-    assert set(payload["runs"]) == {"prior", "control", "c2lip", "npc_only"}
-    for seed in (0, 1):
-        npc_only = json.loads((root / f"seed{seed}" / "npc_only" / "training_args.json").read_text())
-        assert npc_only["training"]["eval_steps"] is None and npc_only["concept"]["xac_weight"] == 0
-        assert payload["runs"]["npc_only"][str(seed)]["steps"] == 2
+    assert set(payload["runs"]) == {"prior", "control", "c2lip"}
     for variant in ("control", "c2lip"):
         for seed in (0, 1):
             expected = load_runs(root / f"seed{seed}" / variant / "results.json")[-1].flat_metrics()
@@ -95,6 +102,37 @@ def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):
     table = (results_dir / "tiny.md").read_text()
     assert "Δ C2LIP - control (equal steps)" in table and "Command: `python examples/ablation_shapes_world.py" in table
     assert Path(results_dir / "tiny_curves.png").stat().st_size > 0
+
+    # Variants added to the finished ablation train only themselves: the initial model, prior, control and C2LIP of
+    # seed 0 are reused as they are.
+    seed0 = root / "seed0"
+    finished = {path: path.stat().st_mtime_ns for path in seed0.glob("*/*") if path.is_file()}
+    capsys.readouterr()
+    added = ["--seeds", "0", "--variants", "control", "c2lip", "negclip", "negclip_equal_time"]
+    assert ablation.main(common + added + ["--name", "tiny_negclip"]) == 0
+    assert {path: path.stat().st_mtime_ns for path in finished} == finished
+    printed = capsys.readouterr().out
+    assert f"Using the cached bag-of-words prior {seed0 / 'bow_prior'}" in printed
+    assert all(f"Using the finished run {seed0 / variant}" in printed for variant in ("control", "c2lip"))
+    payload = json.loads((results_dir / "tiny_negclip.json").read_text())
+    assert set(payload["runs"]) == {"prior", "control", "c2lip", "negclip", "negclip_equal_time"}
+    # NegCLIP: the control's recipe from the same prior, seed and steps, plus the hard negatives, counted in its log;
+    # not a curve variant, it trains without evaluation during training (the recipe's eval_steps off).
+    control = json.loads((seed0 / "control" / "training_args.json").read_text())
+    negclip = json.loads((seed0 / "negclip" / "training_args.json").read_text())
+    assert negclip["training"]["eval_steps"] is None and control["training"]["eval_steps"] == 100
+    assert negclip["data"]["hard_negatives"] == "swap" and control["data"]["hard_negatives"] == "none"
+    assert negclip["concept"]["concept_loss"] is False and negclip["training"]["seed"] == 0
+    for group, key in (("model", "model_name_or_path"), ("training", "max_train_steps"), ("data", "train_file")):
+        assert negclip[group][key] == control[group][key]
+    last = ablation.read_log(seed0 / "negclip")[-1]
+    assert last["hard_negatives"] > 0 and last["hard_negatives"] + last["captions_without_hard_negative"] == 32
+    # Equal time: as many NegCLIP steps as fit in C2LIP's training time of the seed.
+    steps = ablation.equal_time_steps(seed0 / "negclip", seed0 / "c2lip")
+    assert payload["negclip_equal_time_steps"] == steps == payload["runs"]["negclip_equal_time"]["0"]["steps"]
+    table = (results_dir / "tiny_negclip.md").read_text()
+    assert "| NegCLIP | NegCLIP, equal time |" in table and "Δ C2LIP - NegCLIP (equal time)" in table
+    assert "c2lip_minus_negclip_equal_time" in payload["summary"]
     assert {
         path: path.stat().st_mtime_ns for path in (ablation.ROOT / "benchmarks" / "results").iterdir()
     } == committed

@@ -27,6 +27,16 @@ def run_two_processes(script: str, marker: str) -> dict:
 @pytest.mark.slow
 def test_two_processes_match_single_process():
     report = run_two_processes("distributed_c2lip_check.py", "C2LIP-DISTRIBUTED-OK ")
+    # Hard negatives on one process only, without and with the concept losses (NegCLIP's baseline; C2LIP + them).
+    hard_negatives = report.pop("hard_negatives")
+    assert {(kind, name) for kind in hard_negatives for name in hard_negatives[kind]} == {
+        (kind, name) for kind in ("clip", "siglip") for name in ("negclip", "c2lip")
+    }
+    for kind in hard_negatives.values():
+        for values in kind.values():
+            assert values["max_grad_diff"] < 2e-5
+            loss, reference = values["loss"]
+            assert abs(loss - reference) < 1e-4
     models = {"clip/owner", "clip/shared", "siglip/owner", "siglip/shared"}
     embeddings = {f"embeddings/{form}/{mode}" for form in ("softmax", "sigmoid") for mode in ("owner", "shared")}
     assert set(report) == models | embeddings

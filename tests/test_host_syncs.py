@@ -100,7 +100,7 @@ def tiny_batch(request):
     rows = [{"image": Image.new("RGB", (32, 32), color), "caption": c, "concepts": k} for color, c, k in ROWS]
     batch = ConceptCollator(processor, pad_to_max_length=model_type == "siglip")(rows)
     del batch["skipped"], batch["num_rows"]
-    return model_type, plain.train(), batch
+    return model_type, plain.train(), batch, processor
 
 
 def step_syncs(model, batch) -> HostSyncCounter:
@@ -112,7 +112,7 @@ def step_syncs(model, batch) -> HostSyncCounter:
 
 @pytest.mark.parametrize("positives", ["owner", "shared"])
 def test_concept_part_adds_no_host_sync(tiny_batch, positives):
-    model_type, plain, batch = tiny_batch
+    model_type, plain, batch, _ = tiny_batch
     model = CLASSES[model_type](plain.config, ConceptLossConfig(concept_positives=positives, xac_weight=0.5))
     model.load_state_dict(plain.state_dict())
     model.train()
@@ -129,7 +129,7 @@ def test_concept_part_adds_no_host_sync(tiny_batch, positives):
 
 def test_logit_scale_of_shape_one_adds_no_sync(tiny_batch):
     """FSDP2 needs CLIP's 0-dim logit_scale as shape (1,); the step stays sync-free and gives the same loss."""
-    model_type, plain, batch = tiny_batch
+    model_type, plain, batch, _ = tiny_batch
     model = CLASSES[model_type](plain.config, ConceptLossConfig(concept_positives="shared"))
     model.load_state_dict(plain.state_dict())
     scalar_loss = model(**batch, return_loss=True).loss
@@ -140,3 +140,23 @@ def test_logit_scale_of_shape_one_adds_no_sync(tiny_batch):
     assert syncs.total == 0 and out.loss.shape == () and out.npc_loss.shape == ()
     torch.testing.assert_close(out.loss, scalar_loss, rtol=0, atol=1e-6)
     assert model.logit_scale.grad.shape == (1,)
+
+
+@pytest.mark.parametrize("concept_inputs", [True, False])
+def test_hard_negatives_add_no_host_sync(tiny_batch, concept_inputs):
+    """The NegCLIP baseline (caption loss with hard negatives) and C2LIP with them: no sync beyond the plain step."""
+    model_type, plain, _, processor = tiny_batch
+    rows = [{"image": Image.new("RGB", (32, 32), color), "caption": c, "concepts": k} for color, c, k in ROWS]
+    rows.append({"image": Image.new("RGB", (32, 32)), "caption": "a red star and a blue dog",
+                 "concepts": ["a red star", "a blue dog"]})  # fmt: skip
+    collator = ConceptCollator(
+        processor, concept_inputs=concept_inputs, hard_negatives="swap", pad_to_max_length=model_type == "siglip"
+    )
+    batch = collator(rows)
+    del batch["skipped"], batch["num_rows"]
+    assert batch["negative_input_ids"].shape[0] == 1
+    model = CLASSES[model_type](plain.config, ConceptLossConfig(concept_positives="shared"))
+    model.load_state_dict(plain.state_dict())
+    model.train()
+    syncs = step_syncs(model, batch)
+    assert syncs.total == 0, dict(syncs.counts)

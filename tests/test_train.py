@@ -103,6 +103,23 @@ def test_control_run_has_only_the_caption_loss(checkpoints, tmp_path):
     assert json.loads((out / "training_args.json").read_text())["concept"]["concept_loss"] is False
 
 
+def test_hard_negative_baseline_trains_and_counts_captions_without_a_negative(checkpoints, tmp_path):
+    rows = make_rows(8)
+    for row in rows[5:]:  # one noun phrase: nothing to swap
+        row["caption"], row["concepts"] = row["caption"].split(" on the left")[0], row["concepts"][:1]
+    data = write_dataset(tmp_path / "data", "jsonl", rows)
+    out = tmp_path / "out"
+    flags = ["--concept_loss", "false", "--hard_negatives", "swap"]
+    run_training(common_flags(checkpoints["clip"], out) + as_flags(data) + flags)  # 2 steps of 4: every row once
+    log = read_log(out)
+    assert all("npc_loss" not in entry and entry["loss"] == entry["caption_loss"] for entry in log)
+    assert (log[-1]["hard_negatives"], log[-1]["captions_without_hard_negative"]) == (5, 3)
+    assert json.loads((out / "training_args.json").read_text())["data"]["hard_negatives"] == "swap"
+    card = (out / "README.md").read_text()
+    assert "the hard-negative (NegCLIP-style) baseline of a C2LIP experiment" in card
+    assert "Used only to make the hard negatives" in card and "| hard negatives | `swap`" in card
+
+
 def test_recipe_file_with_flag_override(checkpoints, tmp_path):
     data = write_dataset(tmp_path / "data", "jsonl", make_rows(16))
     recipe = tmp_path / "recipe.yaml"

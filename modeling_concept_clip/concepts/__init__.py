@@ -35,7 +35,9 @@ Modules, one concern each:
 - `column`: the `datasets` glue ([`add_concepts_column`]);
 - `readers`: captions out of JSON Lines, CSV, parquet, `datasets` folders and WebDataset tar shards;
 - `shards`: shard patterns, the partition of shards over jobs, and the per-shard concepts files;
-- `scoring`: precision and recall against hand-labelled concepts.
+- `scoring`: precision and recall against hand-labelled concepts;
+- `negatives`: hard negatives for the NegCLIP baseline, an attribute exchanged between two concepts of a caption
+  ([`swap_negative`]).
 """
 
 from .column import ConceptColumnFunction, add_concepts_column
@@ -50,6 +52,7 @@ from .config import (
     ConceptExtractorConfig,
 )
 from .extractor import ConceptExtractor, extract_concepts
+from .negatives import swap_negative
 from .normalization import INVALID_REASONS, check_caption, clean_caption, concept_id, concept_ids, normalize_concept
 from .pipeline import (
     DEFAULT_SPACY_MODELS,
@@ -91,4 +94,5 @@ __all__ = [
     "resolve_spacy_model",
     "score_concepts",
     "spacy_model_fingerprint",
+    "swap_negative",
 ]

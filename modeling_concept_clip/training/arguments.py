@@ -84,6 +84,12 @@ class DataArguments:
     concept_extraction_mode: Literal["parser", "pos"] = field(
         default="parser", metadata={"help": "Noun chunks from the parser, or the faster POS-pattern chunker."}
     )
+    hard_negatives: Literal["none", "swap"] = field(
+        default="none",
+        metadata={"help": "'swap': the hard-negative baseline (NegCLIP): each caption gets one negative caption, an "
+                  "attribute exchanged between two of its noun phrases (from the concepts; a caption with nothing to "
+                  "swap gets none, counted), added to the caption loss. Picked with --seed. 'none': off."},
+    )  # fmt: skip
     streaming: bool = field(
         default=False,
         metadata={"help": "Stream the data (needs --max_train_steps): each process reads its own part of the "

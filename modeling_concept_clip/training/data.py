@@ -24,7 +24,7 @@ import itertools
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -264,7 +264,8 @@ def build_loaders(
     """Datasets (with concepts), collator and data loaders; also the extraction settings when concepts were
     extracted here. The map-style loaders still need `accelerator.prepare` (`loop.prepare_training`)."""
     data_args, args = arguments.data, arguments.training
-    use_concepts = arguments.concept.concept_loss
+    # Concepts feed the concept losses, the hard negatives, or both.
+    use_concepts = arguments.concept.concept_loss or data_args.hard_negatives != "none"
     train_dataset, image_root = load_split(data_args, arguments.model, "train")
     image_column, caption_column = resolve_columns(train_dataset, data_args.image_column, data_args.caption_column)
     extractor = None
@@ -284,6 +285,9 @@ def build_loaders(
         image_root=image_root,
         max_concepts_per_image=data_args.max_concepts_per_image,
         pad_to_max_length=model_type == "siglip",
+        concept_inputs=arguments.concept.concept_loss,
+        hard_negatives=data_args.hard_negatives,
+        hard_negative_seed=args.seed,
     )
     batch_size = args.per_device_train_batch_size
     batches_per_epoch = rows_per_epoch = None
@@ -358,6 +362,8 @@ class Step:
         last: no later step of these batches has rows (known one step ahead).
         stream_workers: with `stream_workers=True`, the data-loader worker that made each process's batch (-1: the
             process had none).
+        hard_negatives: with hard negatives, the valid rows of all processes in this step whose caption got one
+            (`"made"`) and got none (`"none"`); zeros without them.
     """
 
     batch: dict[str, Any] | None
@@ -365,6 +371,7 @@ class Step:
     rows: int
     skipped: dict[str, int]
     local_skipped: list[SkippedRow]
+    hard_negatives: dict[str, int] = field(default_factory=lambda: {"made": 0, "none": 0})
     last: bool = False
     stream_workers: list[int] | None = None
 
@@ -377,19 +384,23 @@ def _exchange(iterator: Iterator[dict[str, Any]], sums: ProcessSums, stream_work
     worker = batch.pop("stream_worker", -1) if batch is not None else -1
     has_rows = batch is not None and "pixel_values" in batch
     reasons = [sum(row.reason == reason for row in local_skipped) for reason in SKIP_REASONS]
+    # The collator makes at most one negative per caption: the captions without one are the rest.
+    made = batch["negative_input_ids"].shape[0] if has_rows and "negative_input_ids" in batch else 0
+    without = batch["pixel_values"].shape[0] - made if has_rows and "negative_input_ids" in batch else 0
     workers = [0] * sums.num_processes if stream_workers else []  # worker + 1 in this process's slot
     if stream_workers:
         workers[sums.process_index] = worker + 1
-    totals = sums([int(batch is not None), int(has_rows), rows, *reasons, *workers])
+    totals = sums([int(batch is not None), int(has_rows), rows, made, without, *reasons, *workers])
     if totals[0] == 0:
         return None
     return Step(
         batch=batch if has_rows else None,
         processes_with_rows=totals[1],
         rows=totals[2],
-        skipped=dict(zip(SKIP_REASONS, totals[3 : 3 + len(SKIP_REASONS)])),
+        skipped=dict(zip(SKIP_REASONS, totals[5 : 5 + len(SKIP_REASONS)])),
         local_skipped=local_skipped,
-        stream_workers=[slot - 1 for slot in totals[3 + len(SKIP_REASONS) :]] if stream_workers else None,
+        hard_negatives={"made": totals[3], "none": totals[4]},
+        stream_workers=[slot - 1 for slot in totals[5 + len(SKIP_REASONS) :]] if stream_workers else None,
     )
 
 

@@ -608,7 +608,7 @@ def train_one_epoch(run: Run, state: TrainState) -> None:
     clock = time.perf_counter()
     for step in lockstep(run.loaders.train_batches(state), run.sums, stream_workers=run.loaders.streaming):
         state.batches_in_epoch += 1
-        state.count_rows(step.rows, step.skipped, step.stream_workers)
+        state.count_rows(step.rows, step.skipped, step.stream_workers, step.hard_negatives)
         for row in step.local_skipped[: 5 - len(run.bad_row_examples)]:  # a few, for the error message
             run.bad_row_examples.append(f"{row.reason}: {row.detail}")
         if step.processes_with_rows and step.last:

@@ -32,6 +32,8 @@ class TrainState:
             row read in several epochs is listed as often), up to the last checkpoint: a resumed run reads them
             again and no longer counts those that are good now.
         data_rows: rows of the map-style training data the run started with.
+        hard_negatives: with `--hard_negatives`, the captions read (valid rows, all processes) that got a hard
+            negative (`"made"`) and that had nothing to swap (`"none"`).
     """
 
     completed_steps: int = 0
@@ -44,6 +46,7 @@ class TrainState:
     stream_worker_batches: list[list[int]] = field(default_factory=list)
     bad_rows: dict[str, list[int]] = field(default_factory=dict)
     data_rows: int | None = None
+    hard_negatives: dict[str, int] = field(default_factory=lambda: {"made": 0, "none": 0})
 
     def save(self, folder: str | Path) -> None:
         Path(folder, STATE_FILE).write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -60,9 +63,16 @@ class TrainState:
         state.skipped = {**dict.fromkeys(SKIP_REASONS, 0), **state.skipped}
         return state
 
-    def count_rows(self, rows: int, skipped: dict[str, int], stream_workers: list[int] | None = None) -> None:
-        """Count a step's rows and skipped rows (all processes), and with `stream_workers` (the data-loader worker
-        that made each process's batch, -1 for none) its batches per worker."""
+    def count_rows(
+        self,
+        rows: int,
+        skipped: dict[str, int],
+        stream_workers: list[int] | None = None,
+        hard_negatives: dict[str, int] | None = None,
+    ) -> None:
+        """Count a step's rows and skipped rows (all processes), with `stream_workers` (the data-loader worker that
+        made each process's batch, -1 for none) its batches per worker, and its captions with and without a hard
+        negative."""
         self.rows_seen += rows
         self.rows_in_epoch += rows
         for reason, count in skipped.items():
@@ -74,6 +84,8 @@ class TrainState:
                 if worker >= 0:
                     counts.extend([0] * (worker + 1 - len(counts)))
                     counts[worker] += 1
+        for kind, count in (hard_negatives or {}).items():
+            self.hard_negatives[kind] += count
 
     def start_epoch(self, epoch: int) -> None:
         """Go to the start of `epoch`."""
@@ -84,5 +96,9 @@ class TrainState:
         return sum(self.skipped.values())
 
     def counts(self) -> dict[str, int]:
-        """The counts as they appear in the training log."""
-        return {"rows_seen": self.rows_seen, **{f"skipped_{reason}": n for reason, n in self.skipped.items()}}
+        """The counts as they appear in the training log (those of hard negatives only in a run that makes them)."""
+        counts = {"rows_seen": self.rows_seen, **{f"skipped_{reason}": n for reason, n in self.skipped.items()}}
+        if any(self.hard_negatives.values()):
+            counts["hard_negatives"] = self.hard_negatives["made"]
+            counts["captions_without_hard_negative"] = self.hard_negatives["none"]
+        return counts
