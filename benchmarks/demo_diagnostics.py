@@ -18,6 +18,8 @@ tower, text tower, logit scale and bias). Written to `<output_dir>/diagnostics.j
   positive share of a concept row), `max_positives`.
 
 Steps without `--diag_every` cost one training step; a diagnostic step costs about one extra backward per term.
+`--softmax_npc_terms concept_to_images|image_to_concepts` (diagnosis only, one process) keeps one of the two
+directions of the CLIP (softmax) concept losses.
 
     python benchmarks/demo_diagnostics.py --perception outputs/demo_siglip/bow_prior \
         [--zeroshot_dir data/shapes_world/validation/zeroshot]
@@ -27,6 +29,13 @@ every attribute of their object from `objects.jsonl`): zero-shot top-1 with the 
 made only of caption words ("a red circle" ... averaged over the other attribute), and a linear probe of the image
 embedding (logistic regression, trained on one half of the images of each class, tested on the other): the probe
 says whether the image tower perceives the attribute, zero-shot whether the text side is aligned with it.
+
+    python benchmarks/demo_diagnostics.py --retrieval outputs/demo/c2lip [--part data/shapes_world/validation]
+
+Image-text retrieval on a held-out part, with the text-to-image errors taken apart: how many of the query caption's
+objects the wrongly retrieved image has (exactly, and up to one attribute), whether it has them all, whether its
+background is the caption's, the margin between the true image and the best wrong one, and how spread out the
+image and caption embeddings are (mean cosine between different images, different captions).
 """
 
 from __future__ import annotations
@@ -49,20 +58,46 @@ from modeling_concept_clip.losses import concept_positive_mask  # noqa: E402
 
 
 def _parse(argv: list[str]):
-    """The training flags (as `training.train` reads them) plus `--diag_every`."""
+    """The training flags (as `training.train` reads them), `--diag_every N` and `--softmax_npc_terms`."""
     from modeling_concept_clip.training.arguments import parse_arguments
 
-    diag_every = 5
+    own = {"--diag_every": "5", "--softmax_npc_terms": "both"}
     rest = []
     iterator = iter(argv)
     for arg in iterator:
-        if arg == "--diag_every":
-            diag_every = int(next(iterator))
-        elif arg.startswith("--diag_every="):
-            diag_every = int(arg.split("=", 1)[1])
+        if arg in own:
+            own[arg] = next(iterator)
         else:
             rest.append(arg)
-    return parse_arguments(rest), diag_every
+    return parse_arguments(rest), int(own["--diag_every"]), own["--softmax_npc_terms"]
+
+
+def keep_one_softmax_direction(direction: str) -> None:
+    """Diagnosis only: make the softmax (CLIP) concept losses use one of their two directions (`concept_to_images`
+    or `image_to_concepts`), at the weight of their mean, by patching `losses._softmax_concept_shares`."""
+    from modeling_concept_clip import losses
+
+    original = losses._softmax_concept_shares
+
+    def patched(batch, logits, positives):
+        if direction == "concept_to_images":
+            positives_for_images = positives[:, batch.local_images].T & False  # no image -> concepts term
+        else:
+            positives_for_images = positives[:, batch.local_images].T
+        image_to_concepts = losses.soft_target_cross_entropy(logits.transpose(1, 2), positives_for_images)
+        num_images = positives.any(0).sum().clamp_min(1)
+        all_logits = logits  # one process
+        concept_to_images = losses.soft_target_cross_entropy(all_logits[:, batch.local_concepts], positives)
+        if direction == "concept_to_images":
+            return concept_to_images.sum(-1) / batch.concepts.shape[0]
+        return image_to_concepts.sum(-1) / num_images
+
+    if direction != "both":
+        if direction not in ("concept_to_images", "image_to_concepts"):
+            raise ValueError(f"--softmax_npc_terms must be both, concept_to_images or image_to_concepts: {direction}")
+        losses._softmax_concept_shares = patched
+    else:
+        losses._softmax_concept_shares = original
 
 
 def parameter_groups(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
@@ -229,8 +264,84 @@ def perception(
     return report
 
 
+@torch.no_grad()
+def retrieval_errors(model_dir: str, part_dir: str = "data/shapes_world/validation") -> dict[str, float]:
+    """Text-to-image and image-to-text R@1 on `part_dir/retrieval.json`, and what the text-to-image errors retrieve."""
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor
+
+    from modeling_concept_clip.shapes_world.scenes import Scene
+
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    siglip = model.config.model_type == "siglip"
+    part = Path(part_dir)
+    scenes = {}
+    for line in (part / "metadata.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        scenes[row["file_name"].removeprefix("images/")] = Scene.from_dict(json.loads(row["scene"]))
+    records = json.loads((part / "retrieval.json").read_text())["images"]
+    names = [record["filename"] for record in records]
+    captions = [(i, s["raw"]) for i, record in enumerate(records) for s in record["sentences"]]
+    images = []
+    for start in range(0, len(names), 256):
+        batch = [Image.open(part / "images" / name).convert("RGB") for name in names[start : start + 256]]
+        pixels = processor.image_processor(batch, return_tensors="pt").pixel_values
+        images.append(F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1))
+    images = torch.cat(images)
+    texts = []
+    for start in range(0, len(captions), 256):
+        chunk = [text for _, text in captions[start : start + 256]]
+        inputs = processor.tokenizer(chunk, padding="max_length" if siglip else True, return_tensors="pt")
+        texts.append(F.normalize(model.get_text_features(**inputs).pooler_output, dim=-1))
+    texts = torch.cat(texts)
+    owner = torch.tensor([i for i, _ in captions])
+    scores = texts @ images.T  # (captions, images)
+    best = scores.argmax(1)
+    t2i = (best == owner).float().mean().item()
+    image_best = scores.T.argmax(1)
+    i2t = (owner[image_best] == torch.arange(len(names))).float().mean().item()
+    exact, near, superset, background, wrong_count, margins = [], [], [], [], [], []
+    for query, (target, _) in enumerate(captions):
+        winner = int(best[query])
+        if winner == target:
+            continue
+        truth, found = scenes[names[target]], scenes[names[winner]]
+        keys, found_keys = set(truth.keys()), set(found.keys())
+        exact.append(len(keys & found_keys) / len(keys))
+        near.append(sum(any(sum(a != b for a, b in zip(k, f)) <= 1 for f in found_keys) for k in keys) / len(keys))
+        superset.append(keys <= found_keys)
+        background.append(truth.background == found.background)
+        wrong_count.append(len(found_keys) != len(keys))
+        margins.append((scores[query, target] - scores[query, winner]).item())
+    off_diagonal = ~torch.eye(len(names), dtype=torch.bool)
+
+    def mean(values) -> float:
+        return float(sum(values) / len(values)) if values else float("nan")
+
+    same_image = owner[:, None] == owner[None, :]
+    return {
+        "t2i_R@1": 100 * t2i,
+        "i2t_R@1": 100 * i2t,
+        "t2i_errors": len(exact),
+        "errors_share_of_caption_objects": 100 * mean(exact),
+        "errors_share_of_caption_objects_up_to_one_attribute": 100 * mean(near),
+        "errors_with_every_caption_object": 100 * mean(superset),
+        "errors_with_the_caption_background": 100 * mean(background),
+        "errors_with_another_number_of_objects": 100 * mean(wrong_count),
+        "errors_mean_margin": mean(margins),
+        "mean_cosine_between_images": (images @ images.T)[off_diagonal].mean().item(),
+        "mean_cosine_between_captions_of_different_images": (texts @ texts.T)[~same_image].mean().item(),
+        "mean_cosine_caption_own_image": scores[torch.arange(len(captions)), owner].mean().item(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--retrieval":
+        part = argv[argv.index("--part") + 1] if "--part" in argv else "data/shapes_world/validation"
+        print(json.dumps({"model": argv[1], **retrieval_errors(argv[1], part)}, indent=1))
+        return 0
     if argv and argv[0] == "--perception":
         folder = argv[argv.index("--zeroshot_dir") + 1] if "--zeroshot_dir" in argv else None
         report = perception(argv[1], folder or "data/shapes_world/validation/zeroshot")
@@ -240,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     from modeling_concept_clip.training.engines import build_accelerator, clamp_parameter_
     from modeling_concept_clip.training.loop import build_model, prepare_training
 
-    arguments, diag_every = _parse(argv)
+    arguments, diag_every, npc_terms = _parse(argv)
+    keep_one_softmax_direction(npc_terms)
     args = arguments.training
     args.report_to = "none"
     accelerator = build_accelerator(args)
@@ -296,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         from modeling_concept_clip.evaluation import EmbeddingConfig, evaluate_model, read_benchmark_file, save_runs
 
         plain = accelerator.unwrap_model(model).to_plain().eval()
+        plain.save_pretrained(output / "model")
+        processor.save_pretrained(output / "model")
         evaluation = evaluate_model(
             plain, processor, read_benchmark_file(args.eval_benchmarks), EmbeddingConfig(progress=False), str(output)
         )
