@@ -48,7 +48,9 @@ def test_short_runs_do_not_read_as_zero_minutes():
 def test_tiny_ablation_over_two_seeds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the script changes into the repository root; the fixture changes back
     world = tmp_path / "world"
-    tiny = dict(num_train=48, num_test=8, captions_per_test_image=2, zeroshot_per_class=2, num_unseen=4, num_validation=4)
+    tiny = dict(
+        num_train=48, num_test=8, captions_per_test_image=2, zeroshot_per_class=2, num_unseen=4, num_validation=4
+    )
     generate_world(GenerateArguments(output_dir=str(world), **tiny))
     # No --results_dir: the results go under the output folder, never over the committed benchmarks/results.
     root = tmp_path / "ablation"

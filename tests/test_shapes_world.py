@@ -526,3 +526,26 @@ def test_evaluation_suite_reads_the_world(world_dir, tmp_path):
     metrics = evaluation.evaluate_model(model.eval(), processor, benchmarks).flat_metrics()
     assert any("swap_att" in name for name in metrics) and any("add_obj" in name for name in metrics)
     assert any(name.startswith("retrieval") for name in metrics) and any(name.startswith("shape") for name in metrics)
+
+
+def test_bag_of_words_captions_can_name_attributes_object_by_object():
+    """`bow_mention_per_object`: the coin is flipped for each attribute of each object, so a caption may name the
+    colour of one object and not of another (per caption, a type is named for every object or for none)."""
+    from modeling_concept_clip.shapes_world.captions import CaptionSpec, bow_caption
+
+    objects = [
+        ShapeObject(shape="circle", color="red", size="big", pattern="stripy"),
+        ShapeObject(shape="square", color="blue", size="small", pattern="dotted"),
+        ShapeObject(shape="triangle", color="green", size="big", pattern="solid"),
+    ]
+    scene = Scene(objects=tuple(objects), background="white")
+    spec = CaptionSpec(template=0, order=(0, 1, 2), mention_background=False)
+    rng = np.random.default_rng(0)
+
+    def colours_named(per_object: bool) -> set[int]:
+        captions = [bow_caption(rng, scene, spec, 0.5, per_object).split() for _ in range(200)]
+        assert all({"circle", "square", "triangle"} <= set(words) for words in captions)  # shapes always
+        return {sum(colour in words for colour in ("red", "blue", "green")) for words in captions}
+
+    assert colours_named(per_object=False) == {0, 3}
+    assert colours_named(per_object=True) == {0, 1, 2, 3}

@@ -117,7 +117,7 @@ def _train_item(ctx: _Context, index: int) -> dict:
     return {
         "file_name": file_name,
         "caption": spec.render(scene),
-        "bow_caption": bow_caption(rng, scene, spec, ctx.world.bow_mention_prob),
+        "bow_caption": bow_caption(rng, scene, spec, ctx.world.bow_mention_prob, ctx.world.bow_mention_per_object),
         "scene": json.dumps(scene.to_dict()),
         "num_objects": len(scene.objects),
         "template": spec.template,
