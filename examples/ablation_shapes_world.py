@@ -14,9 +14,9 @@ fine-tunes that prior with every variant, each a `python -m training.train` subp
 | `npc_only` | `c2lip.yaml` | `--xac_weight 0` |
 | `xac_only` | `c2lip.yaml` | `--npc_weight 0 --xac_weight 1` (at the recipe's 0.01 alone it would be the control) |
 | `owner` | `c2lip.yaml` | `--concept_positives owner` (the paper; the recipe uses "shared") |
-| `control_equal_time` | `control.yaml` | more steps: as many as fit in C2LIP's training time (equal wall-clock) |
+| `control_equal_time` | `control.yaml` | more steps: as many as cost C2LIP's training time (equal time) |
 | `negclip` | `control.yaml` | `--hard_negatives swap`: the hard-negative baseline (NegCLIP), caption loss with one swap negative per caption |
-| `negclip_equal_time` | `control.yaml` | as `negclip`, with as many steps as fit in C2LIP's training time |
+| `negclip_equal_time` | `control.yaml` | as `negclip`, with as many steps as cost C2LIP's training time |
 
 The seed changes the initialisation, the prior's and the fine-tuning's data order and dropout-free randomness; the
 world (data and probes) is the same for every seed. Every variant of one seed starts from the same prior, with the
@@ -25,8 +25,16 @@ over seeds of every probe, zero-shot task and retrieval R@1, at equal steps and 
 (every metric of every run, and the learning curves) and `<name>_curves.png` (control vs C2LIP, mean ± std over
 seeds, against steps and minutes).
 A finished run is reused when its settings did not change, so an interrupted ablation resumes where it stopped, and
-variants added to a finished ablation (`--variants control c2lip negclip negclip_equal_time` after `--variants
-control c2lip`) train only themselves.
+adding a variant later trains only that variant (keep `--output_dir` and `--world_dir` the same, outside the
+repository or absolute: a run's settings name them, never the repository's own folder), e.g. `--variants control c2lip
+negclip negclip_equal_time` after `--variants control c2lip`.
+
+Equal time: `control_equal_time` (`negclip_equal_time`) trains `round(C2LIP steps x r)` steps, where r is the cost of
+a C2LIP step over a control (NegCLIP) step, measured once (on the first seed's prior) with the runs' steps interleaved
+in one process (`training.demo.step_costs`: median CPU seconds per step, data included), so that the load of a shared
+machine changes all of them alike; cached in `<output_dir>/step_costs.json`. `--eval_split validation` evaluates every
+run on the world's validation split instead of test/ and unseen/ (for choosing settings; the reported results use
+test/).
 """
 
 from __future__ import annotations
@@ -55,7 +63,10 @@ from training.demo import (  # noqa: E402
     plot_learning_curves,
     prepare_prior,
     read_log,
+    stage_key,
     start_entry,
+    step_costs,
+    train_command,
     world_arguments,
 )
 
@@ -140,6 +151,14 @@ class AblationArguments:
         default_factory=lambda: ["control", "c2lip"],
         metadata={"help": "Variants evaluated every 100 steps (learning curves); the others only at the end."},
     )
+    eval_split: str = field(
+        default="test",
+        metadata={"help": "'test' (test/, unseen/ and zeroshot/: the reported results) or 'validation' (the "
+                  "world's validation/ part: for choosing settings)."},
+    )  # fmt: skip
+    step_cost_pairs: int = field(
+        default=20, metadata={"help": "Interleaved control and C2LIP steps measured for the equal-time step count."}
+    )
     retrain: bool = field(default=False, metadata={"help": "Train every run again even if a current one exists."})
 
 
@@ -151,21 +170,41 @@ def final_metrics(folder: Path) -> dict[str, float]:
     return metrics
 
 
-def equal_time_steps(control: Path, c2lip: Path) -> int:
-    """Steps of the `control` run's recipe that take as long as the C2LIP run (training time only, evaluation
-    excluded); `control` is the control's folder, or NegCLIP's for `negclip_equal_time`.
+def equal_time_steps(c2lip_steps: int, costs: dict[str, dict[str, float]], reference: str) -> int:
+    """Steps of `reference` (control or NegCLIP) that cost as much as `c2lip_steps` C2LIP steps, from `step_costs`'
+    per-step CPU seconds."""
+    return max(1, round(c2lip_steps * costs["c2lip"]["cpu_seconds"] / costs[reference]["cpu_seconds"]))
 
-    The control's time up to its first log entry (data-loader start-up and warm-up included, which a longer run pays
-    once as well) plus its time per step after it, extrapolated to C2LIP's total training time.
-    """
-    entries = [entry for entry in read_log(control) if entry["step"] > 0 and "train_seconds" in entry]
-    first, last = entries[0], entries[-1]
-    if last["step"] > first["step"]:
-        per_step = (last["train_seconds"] - first["train_seconds"]) / (last["step"] - first["step"])
-    else:  # one log entry: the average step
-        first, per_step = {"step": 0, "train_seconds": 0.0}, last["train_seconds"] / last["step"]
-    budget = read_log(c2lip)[-1]["train_seconds"]
-    return max(1, round(first["step"] + (budget - first["train_seconds"]) / per_step))
+
+def measured_step_costs(root: Path, prior: Path, flags: list[str], pairs: int, variants: list[str]) -> dict:
+    """The per-step costs of `variants` fine-tuned from `prior` with `flags` (`training.demo.step_costs`, their steps
+    interleaved), cached in `<root>/step_costs.json` and measured again only when the prior, the variants, the
+    recipes or the flags change."""
+    runs = {
+        variant: train_command(VARIANTS[variant][0], root / "step_costs_scratch", prior, flags + VARIANTS[variant][1])
+        for variant in variants
+    }
+    key = {
+        variant: stage_key(VARIANTS[variant][0], prior, flags + VARIANTS[variant][1], pairs=pairs) for variant in runs
+    }
+    path = root / "step_costs.json"
+    cached = json.loads(path.read_text()) if path.is_file() else None
+    if cached is not None and cached.get("key") == key:
+        return cached
+    print(
+        f"\nMeasuring the step costs of {', '.join(variants)} ({pairs} interleaved steps each, from {prior})",
+        flush=True,
+    )
+    load_before = os.getloadavg()
+    costs = step_costs({variant: command[3:] for variant, command in runs.items()}, pairs=pairs)
+    record = {
+        "key": key,
+        "costs": costs,
+        "load_average": [load_before, os.getloadavg()],
+        "machine": machine_description(),
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def _cell(values: list[float]) -> str:
@@ -236,11 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.output_dir or f"outputs/ablation/{args.model_type}")
     name = args.name or ("ablation_shapes_world" if args.model_type == "clip" else "ablation_shapes_world_siglip")
     world = ensure_world(args.world_dir)
-    benchmarks = benchmarks_file(root, args.world_dir)
-    # The references of the equal-time variants first (C2LIP's time, and the time per step of the control and NegCLIP).
+    benchmarks = benchmarks_file(root, args.world_dir, args.eval_split)
+    # The references of the equal-time variants first (C2LIP's steps, the control's and NegCLIP's runs).
     order = [v for v in ("control", "c2lip", "negclip") if v in args.variants]
     order += [v for v in args.variants if v not in order]
     equal_steps = {"control_equal_time": args.equal_time_steps, "negclip_equal_time": args.negclip_equal_time_steps}
+    # Step costs to measure: C2LIP's and those of the references of the equal-time variants without a step count.
+    timed = ["c2lip"] + [EQUAL_TIME[v] for v in EQUAL_TIME if v in args.variants and equal_steps[v] is None]
+    costs = None
     batch = ["--per_device_train_batch_size", str(args.batch_size)] if args.batch_size else []
     prior_extra = batch + (["--max_train_steps", str(args.prior_steps)] if args.prior_steps else [])
     results: dict[str, dict[int, dict[str, float]]] = {}
@@ -260,8 +302,12 @@ def main(argv: list[str] | None = None) -> int:
                     if not {reference, "c2lip"} <= set(args.variants):
                         flag = "--equal_time_steps" if variant == "control_equal_time" else f"--{variant}_steps"
                         raise ValueError(f"{variant} needs {reference} and c2lip, or {flag}.")
-                    equal_steps[variant] = equal_time_steps(seed_root / reference, seed_root / "c2lip")
-                    print(f"\n{variant}: {equal_steps[variant]} steps (C2LIP's training time of seed {seed})")
+                    costs = costs or measured_step_costs(root, prior, base, args.step_cost_pairs, timed)
+                    equal_steps[variant] = equal_time_steps(results["c2lip"][seed]["steps"], costs["costs"], reference)
+                    ratio = costs["costs"]["c2lip"]["cpu_seconds"] / costs["costs"][reference]["cpu_seconds"]
+                    print(
+                        f"\n{variant}: {equal_steps[variant]} steps (a C2LIP step costs {ratio:.2f} {reference} steps)"
+                    )
                 extra = extra + ["--max_train_steps", str(equal_steps[variant])]
             folder, _ = fine_tune(variant, recipe, seed_root, prior, extra, retrain=args.retrain)
             results.setdefault(variant, {})[seed] = final_metrics(folder)
@@ -289,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "equal_time_steps": equal_steps["control_equal_time"],
         "negclip_equal_time_steps": equal_steps["negclip_equal_time"],
+        "step_costs": costs,
         "runs": {variant: {str(s): m for s, m in by_seed.items()} for variant, by_seed in results.items()},
         "summary": aggregate(results, args.seeds),
         "curves": curves,

@@ -44,20 +44,15 @@ def test_table_cells_are_mean_and_sample_std_over_seeds_and_paired_differences()
     assert summary["c2lip_minus_negclip"]["probes/swap_att"]["mean"] == pytest.approx(0.05)
 
 
-def _write_log(folder: Path, entries: list[tuple[int, float]]) -> None:
-    folder.mkdir(exist_ok=True)
-    lines = [json.dumps({"step": step, "train_seconds": seconds}) for step, seconds in entries]
-    (folder / "train_log.jsonl").write_text("\n".join(lines) + "\n")
-
-
-def test_equal_time_steps_uses_the_controls_time_per_step(tmp_path):
-    _write_log(tmp_path / "c2lip", [(25, 40.0), (100, 81.0)])
-    # One control entry: 0.5 s per step on average; 81 s are 162 steps (not rounded to 50: short runs stay short).
-    _write_log(tmp_path / "control", [(100, 50.0)])
-    assert ablation.equal_time_steps(tmp_path / "control", tmp_path / "c2lip") == 162
-    # The first window holds the start-up (20 s for 25 steps), then 0.4 s per step: 25 + (81 - 20) / 0.4 = 177.5.
-    _write_log(tmp_path / "control", [(25, 20.0), (50, 30.0), (100, 50.0)])
-    assert ablation.equal_time_steps(tmp_path / "control", tmp_path / "c2lip") == 178
+def test_equal_time_steps_scale_c2lips_steps_by_the_cost_ratio():
+    costs = {"control": {"cpu_seconds": 0.4}, "c2lip": {"cpu_seconds": 0.52}}
+    costs = {"control": {"cpu_seconds": 0.4}, "negclip": {"cpu_seconds": 0.5}, "c2lip": {"cpu_seconds": 0.52}}
+    assert ablation.equal_time_steps(500, costs, "control") == 650  # 500 x 1.3
+    assert ablation.equal_time_steps(500, costs, "negclip") == 520  # 500 x 1.04
+    costs["c2lip"]["cpu_seconds"] = 0.841
+    assert ablation.equal_time_steps(500, costs, "control") == 1051  # 1051.25, rounded
+    costs = {"control": {"cpu_seconds": 1.0}, "c2lip": {"cpu_seconds": 0.1}}
+    assert ablation.equal_time_steps(1, costs, "control") == 1
 
 
 def test_short_runs_do_not_read_as_zero_minutes():
@@ -69,7 +64,9 @@ def test_short_runs_do_not_read_as_zero_minutes():
 def test_tiny_ablation_over_two_seeds_then_added_variants_reuse_the_finished_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the script changes into the repository root; the fixture changes back
     world = tmp_path / "world"
-    tiny = dict(num_train=48, num_test=8, captions_per_test_image=2, zeroshot_per_class=2, num_unseen=4)
+    tiny = dict(
+        num_train=48, num_test=8, captions_per_test_image=2, zeroshot_per_class=2, num_unseen=4, num_validation=4
+    )
     generate_world(GenerateArguments(output_dir=str(world), **tiny))
     # No --results_dir: the results go under the output folder, never over the committed benchmarks/results.
     root = tmp_path / "ablation"
@@ -78,6 +75,12 @@ def test_tiny_ablation_over_two_seeds_then_added_variants_reuse_the_finished_run
     common = ["--world_dir", str(world), "--output_dir", str(root), "--steps", "2", "--prior_steps", "2"]
     common += ["--batch_size", "16"]
     assert ablation.main(common + ["--seeds", "0", "1", "--variants", "control", "c2lip", "--name", "tiny"]) == 0
+    # A run's settings never name the repository's folder, so another checkout reuses them (the lead adds variants
+    # from its own checkout); the folders are this test's.
+    stage_files = sorted(root.rglob("demo_stage.json"))
+    assert len(stage_files) == 2 * 4  # per seed: init, bow_prior, control, c2lip
+    for path in stage_files:
+        assert str(ablation.ROOT) not in path.read_text(), path
 
     payload = json.loads((results_dir / "tiny.json").read_text())
     assert set(payload["runs"]) == {"prior", "control", "c2lip"}
@@ -99,6 +102,17 @@ def test_tiny_ablation_over_two_seeds_then_added_variants_reuse_the_finished_run
     swap = {v: [payload["runs"][v][s]["probes/swap_att"] for s in ("0", "1")] for v in ("control", "c2lip")}
     delta = payload["summary"]["c2lip_minus_control"]["probes/swap_att"]["mean"]
     assert delta == pytest.approx((swap["c2lip"][0] - swap["control"][0] + swap["c2lip"][1] - swap["control"][1]) / 2)
+    # Adding a variant trains only that variant: the finished runs are reused (their files untouched), and the
+    # equal-time step count comes from interleaved step costs (measured once, cached).
+    stamps = {path: path.stat().st_mtime_ns for path in root.rglob("results.json")}
+    again = [*common, "--seeds", "0", "--variants", "control", "c2lip", "control_equal_time", "--name", "tiny_equal"]
+    assert ablation.main([*again, "--step_cost_pairs", "2"]) == 0
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
+    costs = json.loads((root / "step_costs.json").read_text())
+    assert {"control", "c2lip"} == set(costs["costs"]) and costs["costs"]["c2lip"]["steps"] == 2
+    ratio = costs["costs"]["c2lip"]["cpu_seconds"] / costs["costs"]["control"]["cpu_seconds"]
+    equal = json.loads((results_dir / "tiny_equal.json").read_text())
+    assert equal["equal_time_steps"] == max(1, round(2 * ratio)) == equal["runs"]["control_equal_time"]["0"]["steps"]
     table = (results_dir / "tiny.md").read_text()
     assert "Δ C2LIP - control (equal steps)" in table and "Command: `python examples/ablation_shapes_world.py" in table
     assert Path(results_dir / "tiny_curves.png").stat().st_size > 0
@@ -109,7 +123,7 @@ def test_tiny_ablation_over_two_seeds_then_added_variants_reuse_the_finished_run
     finished = {path: path.stat().st_mtime_ns for path in seed0.glob("*/*") if path.is_file()}
     capsys.readouterr()
     added = ["--seeds", "0", "--variants", "control", "c2lip", "negclip", "negclip_equal_time"]
-    assert ablation.main(common + added + ["--name", "tiny_negclip"]) == 0
+    assert ablation.main(common + added + ["--name", "tiny_negclip", "--step_cost_pairs", "2"]) == 0
     assert {path: path.stat().st_mtime_ns for path in finished} == finished
     printed = capsys.readouterr().out
     assert f"Using the cached bag-of-words prior {seed0 / 'bow_prior'}" in printed
@@ -127,8 +141,10 @@ def test_tiny_ablation_over_two_seeds_then_added_variants_reuse_the_finished_run
         assert negclip[group][key] == control[group][key]
     last = ablation.read_log(seed0 / "negclip")[-1]
     assert last["hard_negatives"] > 0 and last["hard_negatives"] + last["captions_without_hard_negative"] == 32
-    # Equal time: as many NegCLIP steps as fit in C2LIP's training time of the seed.
-    steps = ablation.equal_time_steps(seed0 / "negclip", seed0 / "c2lip")
+    # Equal time: as many NegCLIP steps as cost C2LIP's steps, from interleaved step costs of C2LIP and NegCLIP.
+    costs = json.loads((root / "step_costs.json").read_text())["costs"]
+    assert set(costs) == {"c2lip", "negclip"} and payload["step_costs"]["costs"] == costs
+    steps = ablation.equal_time_steps(2, costs, "negclip")
     assert payload["negclip_equal_time_steps"] == steps == payload["runs"]["negclip_equal_time"]["0"]["steps"]
     table = (results_dir / "tiny_negclip.md").read_text()
     assert "| NegCLIP | NegCLIP, equal time |" in table and "Δ C2LIP - NegCLIP (equal time)" in table

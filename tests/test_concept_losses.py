@@ -254,3 +254,49 @@ def test_one_chunk_is_not_recomputed(monkeypatch):
     monkeypatch.setattr(pooling, "checkpoint", lambda *args, **kwargs: calls.append(1) or args[0](*args[1:]))
     concept_attention_scores(batch["concepts"], batch["tokens"], memory_budget_mb=0.006)
     assert len(calls) == 8  # one chunk per concept
+
+
+def test_sigmoid_losses_of_a_two_image_three_concept_batch_worked_by_hand():
+    """The paper's sigmoid form on a batch small enough to compute on paper: 2 images, 3 concepts, 2-d embeddings,
+    multiplier 2 and bias -1, so every logit is `2 * cos - 1`; each pair costs `softplus(-x)` if positive and
+    `softplus(x)` if negative; NPC and XAC are summed over the 3 x 2 matrix and divided by the 3 concepts, the caption
+    loss over the 2 x 2 matrix divided by the 2 images.
+
+    images i0 = (1, 0), i1 = (0, 1); captions t0 = (0.8, 0.6), t1 = (0, 1); concepts c0 = (1, 0) and c2 = (0.6, 0.8)
+    from image 0, c1 = (0, 1) from image 1. Patch tokens: image 0 (1, 0) and (0, 1); image 1 (0, 1) twice.
+    """
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[0.8, 0.6], [0.0, 1.0]])
+    concepts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
+    index, ids = torch.tensor([0, 1, 0]), torch.tensor([7, 8, 8])  # c2 has c1's text in "shared" mode
+
+    # Caption logits 2 * t.i - 1: (t0,i0) 0.6 pos, (t0,i1) 0.2 neg, (t1,i0) -1 neg, (t1,i1) 1 pos:
+    # softplus(-0.6) + softplus(0.2) + softplus(-1) + softplus(-1) = 0.4374879 + 0.7981389 + 2 * 0.3132617; / 2.
+    caption = 0.9310751
+    # NPC logits 2 * c.i - 1: c0 (1, -1), c1 (-1, 1), c2 (0.2, 0.6). Owner positives (c0,i0), (c1,i1), (c2,i0):
+    # 4 * softplus(-1) + softplus(-0.2) + softplus(0.6) = 4 * 0.3132617 + 0.5981389 + 1.0374879 = 2.8886736; / 3.
+    npc_owner = 0.9628912
+    # "shared": c1 and c2 have one text, so (c1,i0) and (c2,i1) become positives: softplus(-1) -> softplus(1)
+    # (+1.0) and softplus(0.6) -> softplus(-0.6) (-0.6): (2.8886736 + 1 - 0.6) / 3.
+    npc_shared = 1.0962245
+    # XAC, tau 1. Image 1: both tokens (0, 1), so z / |z| = (0, 1) and the score is c_y: c0 0, c1 1, c2 0.8.
+    # Image 0, concept c: a = softmax(c_x, c_y), z = a, score = (a . c) / |a|.
+    #   c0: a = (0.7310586, 0.2689414), |a| = 0.7789584, score 0.9385079; c1: the mirror image, 0.9385079;
+    #   c2: a = (0.4501660, 0.5498340), |a| = 0.7106101, score 0.7099668 / 0.7106101 = 0.9990946.
+    # Logits 2 * score - 1: c0 (0.8770158, -1), c1 (0.8770158, 1), c2 (0.9981892, 0.6). Owner positives:
+    # softplus(-0.8770158) + softplus(-1) + softplus(0.8770158) + softplus(-1) + softplus(-0.9981892) + softplus(0.6)
+    # = 0.3478519 + 0.3132617 + 1.2248677 + 0.3132617 + 0.3137490 + 1.0374880 = 3.5504800; / 3.
+    xac_owner = 1.1834933
+    # "shared": (c1,i0) and (c2,i1) positive: 1.2248677 -> softplus(-0.8770158) = 0.3478519 and 1.0374880 ->
+    # softplus(-0.6) = 0.4374880: 2.0734642 / 3.
+    xac_shared = 0.6911547
+    for mode, npc, xac in (("owner", npc_owner, xac_owner), ("shared", npc_shared, xac_shared)):
+        losses = c2lip_losses(
+            image, text, torch.tensor(2.0), torch.tensor(-1.0), "sigmoid", concepts, tokens, index, ids,
+            ConceptLossConfig(npc_weight=1.0, xac_weight=0.01, tau=1.0, concept_positives=mode),
+        )  # fmt: skip
+        assert losses.caption_loss.item() == pytest.approx(caption, abs=1e-6)
+        assert losses.npc_loss.item() == pytest.approx(npc, abs=1e-6), mode
+        assert losses.xac_loss.item() == pytest.approx(xac, abs=1e-6), mode
+        assert losses.loss.item() == pytest.approx(caption + npc + 0.01 * xac, abs=1e-6)

@@ -8,7 +8,9 @@ from modeling_concept_clip.evaluation.results import load_runs
 from modeling_concept_clip.shapes_world import GenerateArguments, generate_world
 from training import demo
 
-TINY_WORLD = dict(num_train=64, num_test=12, captions_per_test_image=2, zeroshot_per_class=2, num_unseen=6)
+TINY_WORLD = dict(
+    num_train=64, num_test=12, captions_per_test_image=2, zeroshot_per_class=2, num_unseen=6, num_validation=4
+)
 
 
 def test_demo_recipe_end_to_end(tmp_path, capsys):

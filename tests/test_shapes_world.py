@@ -30,7 +30,9 @@ from modeling_concept_clip.shapes_world import (
 )
 from modeling_concept_clip.shapes_world.vocabulary import GRID_SIZES, PALETTE, PATTERNS, SHAPES, SIZES
 
-SMALL = dict(num_train=24, num_test=16, zeroshot_per_class=2, num_unseen=8, captions_per_test_image=3)
+SMALL = dict(
+    num_train=24, num_test=16, zeroshot_per_class=2, num_unseen=8, num_validation=8, captions_per_test_image=3
+)
 PHRASE = re.compile(rf"\ban? ({'|'.join(SIZES)}) ({'|'.join(PALETTE)}) ({'|'.join(PATTERNS)}) ({'|'.join(SHAPES)})\b")
 # A phrase naming some attributes: "a red circle", "a big red shape" (no shape named: the noun "shape").
 PARTIAL_PHRASE = re.compile(
@@ -272,8 +274,52 @@ def test_unseen_combinations_are_held_out(world_dir):
 def test_no_held_out_image_in_training(world_dir):
     train = _pixel_hashes(world_dir / "train")
     assert len(train) == SMALL["num_train"]
-    for part in ("test", "zeroshot", "unseen"):
+    for part in ("test", "zeroshot", "unseen", "validation"):
         assert not train & _pixel_hashes(world_dir / part), part
+    validation = _pixel_hashes(world_dir / "validation")
+    for part in ("test", "zeroshot", "unseen"):
+        assert not validation & _pixel_hashes(world_dir / part), part
+
+
+def test_validation_split_has_every_probe_kind_and_its_own_zero_shot_images(world_dir):
+    info = read_world_info(world_dir)
+    counts = info["counts"]["validation"]
+    assert counts["scenes"] == SMALL["num_validation"] and counts["retrieval_captions"] == 3 * SMALL["num_validation"]
+    for kind in (*PROBE_KINDS, "color_shape", "color_pattern", "color_size", "pattern_shape"):
+        assert counts[kind] > 0, kind
+        assert info["files"]["validation"][kind if kind in PROBE_KINDS else "binding"]
+    assert counts["zeroshot"] == read_world_info(world_dir / "zeroshot")["counts"]
+    tasks = _json(world_dir / "validation/zeroshot/zeroshot.json")["tasks"]
+    assert tasks == _json(world_dir / "zeroshot/zeroshot.json")["tasks"]
+    # objects.jsonl gives every attribute of each zero-shot image's object; the folder names its task's.
+    for part in ("zeroshot", "validation/zeroshot"):
+        rows = _rows(world_dir / part / "objects.jsonl")
+        assert len(rows) == len(list((world_dir / part).rglob("*.png")))
+        for row in rows:
+            (obj,) = json.loads(row["scene"])["objects"]
+            assert row["file_name"].split("/")[:2] == [row["task"], obj[row["task"]]]
+
+
+def test_validation_scenes_are_drawn_again_when_another_part_has_them(tmp_path):
+    """A world of one big red solid circle on black has 16 scenes (the grid positions): the validation part's first
+    draws collide with the other parts' scenes, and it draws again until it has scenes of its own."""
+    from modeling_concept_clip.shapes_world.generate import VALIDATION_STREAM
+
+    one = dict(shapes=["circle"], colors=["red"], sizes=["big"], patterns=["solid"], backgrounds=["black"])
+    world = WorldConfig(**one, min_objects=1, max_objects=1, unseen_pairs=0)
+    args = GenerateArguments(
+        output_dir=str(tmp_path / "w"), num_train=3, num_test=2, num_unseen=0, num_validation=4, zeroshot_per_class=1
+    )
+    generate_world(args, world)
+    others = set().union(*(_pixel_hashes(tmp_path / "w" / part) for part in ("train", "test", "zeroshot")))
+    validation = _pixel_hashes(tmp_path / "w/validation")
+    assert validation and not validation & others
+    # Without drawing again, some validation scene would be another part's.
+    first_draws = [sample_scene(scene_rng(0, VALIDATION_STREAM, index), world) for index in range(4)]
+    first_hashes = {
+        hashlib.sha256(np.asarray(render_scene(scene, world)).tobytes()).hexdigest() for scene in first_draws
+    }
+    assert first_hashes & others
 
 
 def test_retrieval_and_zeroshot_files(world_dir):
@@ -326,6 +372,7 @@ def test_rerun_reuses_and_other_settings_need_overwrite(tmp_path):
 
 def test_cli(tmp_path):
     argv = ["--output_dir", str(tmp_path / "cli"), "--num_train", "6", "--num_test", "4", "--num_unseen", "0"]
+    argv += ["--num_validation", "0"]
     argv += [
         "--zeroshot_per_class",
         "1",
@@ -342,6 +389,7 @@ def test_cli(tmp_path):
     info = read_world_info(tmp_path / "cli")
     assert info["world"]["image_size"] == 40 and info["world"]["shapes"] == ["circle", "square", "star"]
     assert "unseen" not in info["counts"] and not (tmp_path / "cli/unseen").exists()
+    assert "validation" not in info["counts"] and not (tmp_path / "cli/validation").exists()
     assert Image.open(tmp_path / "cli/train/images/000000.png").size == (40, 40)
 
 
@@ -478,3 +526,26 @@ def test_evaluation_suite_reads_the_world(world_dir, tmp_path):
     metrics = evaluation.evaluate_model(model.eval(), processor, benchmarks).flat_metrics()
     assert any("swap_att" in name for name in metrics) and any("add_obj" in name for name in metrics)
     assert any(name.startswith("retrieval") for name in metrics) and any(name.startswith("shape") for name in metrics)
+
+
+def test_bag_of_words_captions_can_name_attributes_object_by_object():
+    """`bow_mention_per_object`: the coin is flipped for each attribute of each object, so a caption may name the
+    colour of one object and not of another (per caption, a type is named for every object or for none)."""
+    from modeling_concept_clip.shapes_world.captions import CaptionSpec, bow_caption
+
+    objects = [
+        ShapeObject(shape="circle", color="red", size="big", pattern="stripy"),
+        ShapeObject(shape="square", color="blue", size="small", pattern="dotted"),
+        ShapeObject(shape="triangle", color="green", size="big", pattern="solid"),
+    ]
+    scene = Scene(objects=tuple(objects), background="white")
+    spec = CaptionSpec(template=0, order=(0, 1, 2), mention_background=False)
+    rng = np.random.default_rng(0)
+
+    def colours_named(per_object: bool) -> set[int]:
+        captions = [bow_caption(rng, scene, spec, 0.5, per_object).split() for _ in range(200)]
+        assert all({"circle", "square", "triangle"} <= set(words) for words in captions)  # shapes always
+        return {sum(colour in words for colour in ("red", "blue", "green")) for words in captions}
+
+    assert colours_named(per_object=False) == {0, 3}
+    assert colours_named(per_object=True) == {0, 1, 2, 3}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shlex
 import subprocess
@@ -90,13 +91,16 @@ def ensure_world(world_dir: str | Path) -> dict:
     return generate_world(GenerateArguments(output_dir=str(world_dir), seed=0, overwrite=True))
 
 
-def benchmarks_file(root: Path, world_dir: str | Path) -> Path:
-    """`benchmarks.yaml` of the demo, pointed at `world_dir` (a copy under `root` when it is not the default)."""
-    recipe = RECIPES / "benchmarks.yaml"
-    if Path(world_dir) == Path(DEFAULT_WORLD):
-        return recipe
+def benchmarks_file(root: Path, world_dir: str | Path, split: str = "test") -> Path:
+    """The demo's benchmarks (`benchmarks.yaml`: test/, unseen/ and zeroshot/; `split="validation"`:
+    `benchmarks_validation.yaml`, the world's validation/ part), pointed at `world_dir`, as a copy under `root`:
+    the stages name the copy, so their settings (and whether a finished stage is reused) do not depend on where the
+    repository is checked out."""
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}.")
+    recipe = RECIPES / ("benchmarks.yaml" if split == "test" else "benchmarks_validation.yaml")
     root.mkdir(parents=True, exist_ok=True)
-    path = root / "benchmarks.yaml"
+    path = root / recipe.name
     path.write_text(recipe.read_text().replace(DEFAULT_WORLD, str(world_dir)))
     return path
 
@@ -185,6 +189,84 @@ def fine_tune(
         return output_dir, False
     run_stage(recipe, output_dir, prior, extra, key)
     return output_dir, True
+
+
+def _endless(loaders):
+    """The training batches of epoch 0, 1, ... (a short data set must not end a measurement)."""
+    epoch = 0
+    while True:
+        yield from loaders.train_batches(epoch)
+        epoch += 1
+
+
+def step_costs(runs: dict[str, list[str]], pairs: int = 20, warmup: int = 3) -> dict[str, dict[str, float]]:
+    """What one training step of each run costs, measured in one process with the runs' steps interleaved.
+
+    `runs`: name -> arguments of `python -m training.train` (recipe, model, data, flags), e.g. from
+    `train_command(...)[3:]`. Each run is set up as `training.train` sets it up (model, data with concepts, optimizer,
+    schedule), with its batches collated in this process (no loader workers, so that the data's cost counts too);
+    then `warmup` steps of each, and `pairs` rounds of one step of every run in turn. A step is a batch, forward,
+    backward, clipping, update and logit-scale clamp, as in training.
+
+    Interleaving gives every run the same machine: on a shared machine the load changes from minute to minute and
+    would bias runs timed one after the other. Returns per run the median CPU seconds of this process per step
+    (`cpu_seconds`, what the ratio of two runs is read from) and the median wall-clock seconds (`wall_seconds`).
+    """
+    import torch
+    from accelerate.utils import send_to_device, set_seed
+
+    from modeling_concept_clip.training.arguments import parse_arguments
+    from modeling_concept_clip.training.data import build_loaders
+    from modeling_concept_clip.training.engines import build_accelerator, clamp_parameter_
+    from modeling_concept_clip.training.loop import build_model, prepare_training
+
+    states = {}
+    for name, argv in runs.items():
+        arguments = parse_arguments([*argv, "--dataloader_num_workers", "0", "--report_to", "none"])
+        args = arguments.training
+        accelerator = build_accelerator(args)
+        set_seed(args.seed)
+        model, processor = build_model(arguments.model, arguments.concept.loss_config())
+        loaders, _ = build_loaders(accelerator, arguments, processor, model.config.model_type)
+        model, optimizer, scheduler = prepare_training(accelerator, model, loaders, args)
+        states[name] = (accelerator, args, model, optimizer, scheduler, _endless(loaders))
+
+    def step(name: str) -> tuple[float, float]:
+        accelerator, args, model, optimizer, scheduler, batches = states[name]
+        cpu, wall = time.process_time(), time.perf_counter()
+        batch = next(batches)
+        batch.pop("skipped"), batch.pop("num_rows")
+        outputs = model(**send_to_device(batch, accelerator.device), return_loss=True)
+        accelerator.backward(outputs.loss)
+        if args.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        clamp_parameter_(accelerator, model, "logit_scale", math.log(args.max_logit_scale))
+        return time.process_time() - cpu, time.perf_counter() - wall
+
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    torch.manual_seed(0)
+    for round_ in range(warmup + pairs):
+        for name in runs:
+            cost = step(name)
+            if round_ >= warmup:
+                measured[name].append(cost)
+
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        middle = len(values) // 2
+        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+    return {
+        name: {
+            "cpu_seconds": median([cpu for cpu, _ in costs]),
+            "wall_seconds": median([wall for _, wall in costs]),
+            "steps": len(costs),
+        }
+        for name, costs in measured.items()
+    }
 
 
 def read_log(folder: Path) -> list[dict]:

@@ -113,7 +113,11 @@ def content_words(scene: Scene, spec: CaptionSpec | None = None) -> list[str]:
 
 
 def bow_caption(
-    rng: np.random.Generator, scene: Scene, spec: CaptionSpec | None = None, mention_prob: float = 1.0
+    rng: np.random.Generator,
+    scene: Scene,
+    spec: CaptionSpec | None = None,
+    mention_prob: float = 1.0,
+    per_object: bool = False,
 ) -> str:
     """Caption words in a random order: what the caption says, with the binding of attributes to objects thrown away
     (for pretraining a bag-of-words prior, like web alt-text that made CLIP a bag of words).
@@ -122,10 +126,19 @@ def bow_caption(
     sees the same words as the real captions and transfers to them), naming each attribute type (size, colour,
     pattern) with probability `mention_prob` and always the shapes: captions that name less make every attribute
     type, shape included, necessary to tell scenes apart (with every attribute named, colours and patterns alone
-    identify a scene in a batch, and a prior never learns to see shape). Without `spec`, the scene's content words.
+    identify a scene in a batch, and a prior never learns to see shape). `per_object`: the coin is flipped for each
+    attribute of each object (every type then names some objects and not others in most captions), instead of once
+    per attribute type for the whole caption. Without `spec`, the scene's content words.
     """
     if spec is None:
         words = content_words(scene)
+    elif per_object:
+        phrases = [
+            object_phrase(scene.objects[i], [a for a in ATTRIBUTES if rng.random() < mention_prob] + ["shape"])
+            for i in spec.order
+        ]
+        background = scene.background if spec.mention_background else None
+        words = fill_template(spec.template, phrases, background).split()
     else:
         named = [attribute for attribute in ATTRIBUTES if rng.random() < mention_prob]
         words = spec.render(scene, attributes=[*named, "shape"]).split()

@@ -13,6 +13,9 @@ Layout (SugarCrepe-style `filename`s are relative to `images/`; Karpathy-style r
     <output_dir>/zeroshot/                  zeroshot.json, one imagefolder per task (<task>/<class>/*.png) and
                                             its prompt templates (<task>_templates.json)
     <output_dir>/unseen/                    like test/, on scenes with a (colour, shape) pair held out of training
+    <output_dir>/validation/                like test/, plus zeroshot/ like the zero-shot part: for choosing recipes
+                                            and settings (never choose on test/ or unseen/); no scene or image of
+                                            it is in another part
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ logger = logging.getLogger(__name__)
 # bag-of-words captions name a random subset of the attribute types.
 GENERATOR_VERSION = "3"
 GENERATOR_NAME = "modeling_concept_clip.shapes_world"
-# Independent random streams: a scene of one part can never be a scene of another part.
+# Independent random streams: a scene of one part is drawn independently of the scenes of another part (the
+# validation part also rejects every scene that another part has).
 TRAIN_STREAM, TEST_STREAM, ZEROSHOT_STREAM, UNSEEN_STREAM = 0, 1, 2, 3
+VALIDATION_STREAM, VALIDATION_ZEROSHOT_STREAM = 4, 5
 # Single-object classification tasks: the attribute that is the label, and prompt templates in the world vocabulary
 # (no punctuation: the world tokenizer has no token for it). Attribute prompts use "the" to avoid "a orange".
 ZEROSHOT_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -50,8 +55,11 @@ ZEROSHOT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "pattern": ("a photo of the {} shape", "a drawing of the {} shape", "the {} shape", "the shape is {}"),
     "size": ("a photo of the {} shape", "a drawing of the {} shape", "the {} shape", "the shape is {}"),
 }
-PART_NAMES = ("train", "test", "zeroshot", "unseen")
+PART_NAMES = ("train", "test", "zeroshot", "unseen", "validation")
+HELD_OUT_STREAMS = {"test": TEST_STREAM, "unseen": UNSEEN_STREAM, "validation": VALIDATION_STREAM}
+MAX_REDRAWS = 1000  # validation scenes drawn again because another part has them
 BINDING_DIR = "binding"  # the attribute-pair binding probes of a held-out part
+ZEROSHOT_OBJECTS_FILE = "objects.jsonl"  # the scene of every zero-shot image, next to the task folders
 WORLD_FILE = "world.json"
 
 
@@ -68,6 +76,12 @@ class GenerateArguments:
     num_unseen: int = field(
         default=500, metadata={"help": "Held-out scenes with an unseen (colour, shape) pair (0: no unseen/ folder)."}
     )
+    num_validation: int = field(
+        default=500,
+        metadata={"help": "Validation scenes (probes, binding probes, retrieval), plus `zeroshot_per_class` single "
+                  "objects per zero-shot class under validation/zeroshot/, for choosing settings (0: no "
+                  "validation/ folder)."},
+    )  # fmt: skip
     overwrite: bool = field(default=False, metadata={"help": "Replace parts written with other settings."})
 
 
@@ -83,6 +97,7 @@ class _Context:
     part_dir: Path
     unseen: frozenset[tuple[str, str]]
     captions_per_image: int = 1
+    taken: frozenset = frozenset()  # `Scene.drawing_key()`s of other parts, drawn again (the validation part)
 
 
 def _save(image, path: Path) -> None:
@@ -102,7 +117,7 @@ def _train_item(ctx: _Context, index: int) -> dict:
     return {
         "file_name": file_name,
         "caption": spec.render(scene),
-        "bow_caption": bow_caption(rng, scene, spec, ctx.world.bow_mention_prob),
+        "bow_caption": bow_caption(rng, scene, spec, ctx.world.bow_mention_prob, ctx.world.bow_mention_per_object),
         "scene": json.dumps(scene.to_dict()),
         "num_objects": len(scene.objects),
         "template": spec.template,
@@ -123,18 +138,33 @@ def _distinct_specs(rng: np.random.Generator, scene: Scene, world: WorldConfig, 
     return specs
 
 
-def _held_out_item(ctx: _Context, index: int, stream: int) -> dict:
-    """A held-out scene with its retrieval captions and one probe of every kind (where the scene admits one)."""
-    rng = scene_rng(ctx.seed, stream, index)
+def _new_scene(ctx: _Context, rng: np.random.Generator, what: str, **kwargs) -> Scene:
+    """`sample_scene(rng, ctx.world, **kwargs)`, drawn again (from the same generator, so deterministically) while
+    another part has the same scene (`ctx.taken`)."""
+    for _ in range(MAX_REDRAWS):
+        scene = sample_scene(rng, ctx.world, **kwargs)
+        if scene.drawing_key() not in ctx.taken:
+            return scene
+    raise RuntimeError(f"{what}: every scene drawn is in another part of the world; this world is too small.")
+
+
+def _held_out_scene(ctx: _Context, rng: np.random.Generator, stream: int, index: int) -> Scene:
+    """The scene of a held-out item: with exactly one object of a held-out (colour, shape) pair, the first, in
+    `unseen/`; without any elsewhere."""
     if stream == UNSEEN_STREAM:
         pairs = sorted(ctx.unseen)
         color, shape = pairs[int(rng.integers(len(pairs)))]
-        # Exactly one object with a held-out pair (the first); the probes must change that object.
-        scene = sample_scene(rng, ctx.world, forbidden=ctx.unseen, first={"color": color, "shape": shape})
-        focus, forbidden = {0}, frozenset()
-    else:
-        scene = sample_scene(rng, ctx.world, forbidden=ctx.unseen)
-        focus, forbidden = None, ctx.unseen
+        first = {"color": color, "shape": shape}
+        return _new_scene(ctx, rng, f"scene {index}", forbidden=ctx.unseen, first=first)
+    return _new_scene(ctx, rng, f"scene {index}", forbidden=ctx.unseen)
+
+
+def _held_out_item(ctx: _Context, index: int, stream: int) -> dict:
+    """A held-out scene with its retrieval captions and one probe of every kind (where the scene admits one)."""
+    rng = scene_rng(ctx.seed, stream, index)
+    scene = _held_out_scene(ctx, rng, stream, index)
+    # In unseen/, the probes must change the object with the held-out pair.
+    focus, forbidden = ({0}, frozenset()) if stream == UNSEEN_STREAM else (None, ctx.unseen)
     specs = _distinct_specs(rng, scene, ctx.world, ctx.captions_per_image)
     probes = {kind: make_probe(kind, rng, scene, specs[0], ctx.world, forbidden, focus) for kind in PROBE_KINDS}
     for pair in BINDING_PAIRS:
@@ -149,12 +179,21 @@ def _held_out_item(ctx: _Context, index: int, stream: int) -> dict:
     }
 
 
-def _zeroshot_item(ctx: _Context, task_index: int, class_index: int, index: int) -> None:
+def _zeroshot_scene(ctx: _Context, task_index: int, class_index: int, index: int, stream: int) -> Scene:
+    """A single object with attribute `task` = class `class_index` (the zero-shot image `index` of the class)."""
     task = list(ZEROSHOT_TEMPLATES)[task_index]
     label = ctx.world.values(task)[class_index]
-    rng = np.random.default_rng([ctx.seed, ZEROSHOT_STREAM, task_index, class_index, index])
-    scene = sample_scene(rng, ctx.world, num_objects=1, forbidden=ctx.unseen, first={task: label})
-    _save(render_scene(scene, ctx.world), ctx.part_dir / task / label / _file_name(index, 5))
+    rng = np.random.default_rng([ctx.seed, stream, task_index, class_index, index])
+    return _new_scene(ctx, rng, f"{task}/{label} {index}", num_objects=1, forbidden=ctx.unseen, first={task: label})
+
+
+def _zeroshot_item(ctx: _Context, task_index: int, class_index: int, index: int, stream: int) -> dict:
+    task = list(ZEROSHOT_TEMPLATES)[task_index]
+    label = ctx.world.values(task)[class_index]
+    scene = _zeroshot_scene(ctx, task_index, class_index, index, stream)
+    file_name = f"{task}/{label}/{_file_name(index, 5)}"
+    _save(render_scene(scene, ctx.world), ctx.part_dir / file_name)
+    return {"file_name": file_name, "task": task, "label": label, "scene": json.dumps(scene.to_dict())}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -190,12 +229,16 @@ def _write_train(part_dir: Path, world: WorldConfig, args: GenerateArguments) ->
     return {"scenes": len(rows)}
 
 
-def _write_held_out(part_dir: Path, world: WorldConfig, args: GenerateArguments, unseen: bool) -> dict:
-    """The probe files of `test/` or `unseen/`: SugarCrepe-style JSON per kind, Karpathy-style retrieval JSON, and an
-    imagefolder `metadata.jsonl` of the same images."""
+def _write_held_out(
+    part_dir: Path, world: WorldConfig, args: GenerateArguments, part: str, taken: frozenset = frozenset()
+) -> dict:
+    """The probe files of `test/`, `unseen/` or `validation/`: SugarCrepe-style JSON per kind, Karpathy-style
+    retrieval JSON, and an imagefolder `metadata.jsonl` of the same images. `taken`: scenes to draw again."""
     (part_dir / "images").mkdir(parents=True)
-    count, stream = (args.num_unseen, UNSEEN_STREAM) if unseen else (args.num_test, TEST_STREAM)
-    ctx = _Context(world, args.seed, part_dir, unseen_combinations(world, args.seed), args.captions_per_test_image)
+    count = {"test": args.num_test, "unseen": args.num_unseen, "validation": args.num_validation}[part]
+    stream = HELD_OUT_STREAMS[part]
+    unseen = unseen_combinations(world, args.seed)
+    ctx = _Context(world, args.seed, part_dir, unseen, args.captions_per_test_image, taken)
     items = [_held_out_item(ctx, index, stream) for index in _progress(range(count), f"{part_dir.name} scenes")]
     counts = {"scenes": len(items)}
     (part_dir / BINDING_DIR).mkdir()
@@ -245,14 +288,23 @@ def _write_held_out(part_dir: Path, world: WorldConfig, args: GenerateArguments,
     return counts
 
 
-def _write_zeroshot(part_dir: Path, world: WorldConfig, args: GenerateArguments) -> dict:
+def _write_zeroshot(
+    part_dir: Path,
+    world: WorldConfig,
+    args: GenerateArguments,
+    stream: int = ZEROSHOT_STREAM,
+    taken: frozenset = frozenset(),
+) -> dict:
     tasks = list(ZEROSHOT_TEMPLATES)
-    ctx = _Context(world, args.seed, part_dir, unseen_combinations(world, args.seed))
+    ctx = _Context(world, args.seed, part_dir, unseen_combinations(world, args.seed), taken=taken)
+    rows = []
     for task_index, task in enumerate(tasks):
         for class_index, label in enumerate(world.values(task)):
             (part_dir / task / label).mkdir(parents=True)
             for index in range(args.zeroshot_per_class):
-                _zeroshot_item(ctx, task_index, class_index, index)
+                rows.append(_zeroshot_item(ctx, task_index, class_index, index, stream))
+    # Every attribute of each image's object (the folders name only the task's), e.g. for linear probes.
+    _write_jsonl(part_dir / ZEROSHOT_OBJECTS_FILE, rows)
     description = {
         "tasks": [
             {
@@ -272,6 +324,34 @@ def _write_zeroshot(part_dir: Path, world: WorldConfig, args: GenerateArguments)
     return {task["name"]: task["num_images"] for task in description["tasks"]}
 
 
+def _other_parts_scenes(world: WorldConfig, args: GenerateArguments) -> frozenset:
+    """`Scene.drawing_key()` of every scene of train/, test/, unseen/ and zeroshot/, drawn again from their seeds
+    (each item's scene is the first thing its generator draws), without rendering: what validation/ must avoid."""
+    unseen = unseen_combinations(world, args.seed)
+    ctx = _Context(world, args.seed, Path("."), unseen)
+    keys = {
+        sample_scene(scene_rng(args.seed, TRAIN_STREAM, index), world, forbidden=unseen).drawing_key()
+        for index in range(args.num_train)
+    }
+    for part, count in (("test", args.num_test), ("unseen", args.num_unseen if unseen else 0)):
+        stream = HELD_OUT_STREAMS[part]
+        for index in range(count):
+            keys.add(_held_out_scene(ctx, scene_rng(args.seed, stream, index), stream, index).drawing_key())
+    for task_index, task in enumerate(ZEROSHOT_TEMPLATES):
+        for class_index in range(len(world.values(task))):
+            for index in range(args.zeroshot_per_class):
+                keys.add(_zeroshot_scene(ctx, task_index, class_index, index, ZEROSHOT_STREAM).drawing_key())
+    return frozenset(keys)
+
+
+def _write_validation(part_dir: Path, world: WorldConfig, args: GenerateArguments) -> dict:
+    """Like test/, plus zeroshot/ like the zero-shot part, from their own streams, without any scene of another part."""
+    taken = _other_parts_scenes(world, args)
+    counts = _write_held_out(part_dir, world, args, "validation", taken)
+    zeroshot = _write_zeroshot(part_dir / "zeroshot", world, args, VALIDATION_ZEROSHOT_STREAM, taken)
+    return {**counts, "zeroshot": zeroshot}
+
+
 def _requested(part: str, args: GenerateArguments) -> dict:
     """The arguments a part depends on (a rerun with the same ones finds the part already there)."""
     if part == "train":
@@ -280,6 +360,11 @@ def _requested(part: str, args: GenerateArguments) -> dict:
         return {"num_test": args.num_test, "captions_per_test_image": args.captions_per_test_image}
     if part == "zeroshot":
         return {"zeroshot_per_class": args.zeroshot_per_class}
+    if part == "validation":  # it avoids the scenes of every other part
+        return {
+            "num_validation": args.num_validation,
+            **{key: value for other in ("train", "test", "zeroshot", "unseen") for key, value in _requested(other, args).items()},
+        }  # fmt: skip
     return {"num_unseen": args.num_unseen, "captions_per_test_image": args.captions_per_test_image}
 
 
@@ -312,7 +397,7 @@ def _file_index(parts: Iterable[str]) -> dict:
     index: dict = {}
     if "train" in parts:
         index["train"] = {"imagefolder": "train", "metadata": "train/metadata.jsonl"}
-    for part in ("test", "unseen"):
+    for part in ("test", "unseen", "validation"):
         if part in parts:
             index[part] = {
                 "images": f"{part}/images",
@@ -329,6 +414,15 @@ def _file_index(parts: Iterable[str]) -> dict:
             for task in ZEROSHOT_TEMPLATES
         }
         index["zeroshot"]["tasks"] = "zeroshot/zeroshot.json"
+    if "validation" in parts:
+        index["validation"]["zeroshot"] = {
+            task: {
+                "image_folder": f"validation/zeroshot/{task}",
+                "templates": f"validation/zeroshot/{task}_templates.json",
+            }
+            for task in ZEROSHOT_TEMPLATES
+        }
+        index["validation"]["zeroshot"]["tasks"] = "validation/zeroshot/zeroshot.json"
     return index
 
 
@@ -345,16 +439,19 @@ def generate_world(args: GenerateArguments, world: WorldConfig | None = None) ->
     unseen = unseen_combinations(world, args.seed)
     writers = {
         "train": lambda d: _write_train(d, world, args),
-        "test": lambda d: _write_held_out(d, world, args, unseen=False),
+        "test": lambda d: _write_held_out(d, world, args, "test"),
         "zeroshot": lambda d: _write_zeroshot(d, world, args),
-        "unseen": lambda d: _write_held_out(d, world, args, unseen=True),
+        "unseen": lambda d: _write_held_out(d, world, args, "unseen"),
+        "validation": lambda d: _write_validation(d, world, args),
     }
     parts = {}
     for part in PART_NAMES:
         part_dir = root / part
-        if part == "unseen" and (not unseen or args.num_unseen == 0):
+        if (part == "unseen" and (not unseen or args.num_unseen == 0)) or (
+            part == "validation" and args.num_validation == 0
+        ):
             if part_dir.exists():
-                logger.warning("%s is left from another run: this world has no unseen part.", part_dir)
+                logger.warning("%s is left from another run: this world has no %s part.", part_dir, part)
             continue
         fingerprint = _fingerprint(part, world, args)
         info = read_world_info(part_dir)

@@ -60,6 +60,10 @@ class Scene:
         """Sorted attribute tuples: two scenes with equal keys are described by the same captions."""
         return sorted(obj.key for obj in self.objects)
 
+    def drawing_key(self) -> tuple:
+        """Everything that decides the pixels (background, attributes and boxes): equal keys, equal images."""
+        return (self.background, tuple(sorted((*obj.key, obj.x, obj.y, obj.side) for obj in self.objects)))
+
 
 def scene_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     """An independent generator per (seed, stream, index): scene `index` does not depend on the scenes before it (a

@@ -64,6 +64,13 @@ class WorldConfig:
             "caption."
         },
     )
+    bow_mention_per_object: bool = field(
+        default=False,
+        metadata={
+            "help": "Bag-of-words captions: decide for each attribute of each object whether it is named (True), "
+            "instead of once per attribute type for the whole caption (False)."
+        },
+    )
     unseen_pairs: int = field(
         default=4,
         metadata={
