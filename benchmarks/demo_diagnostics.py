@@ -350,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     from modeling_concept_clip.training.data import build_loaders
     from modeling_concept_clip.training.engines import build_accelerator, clamp_parameter_
     from modeling_concept_clip.training.loop import build_model, prepare_training
+    from modeling_concept_clip.training.state import TrainState
 
     arguments, diag_every, npc_terms = _parse(argv)
     keep_one_softmax_direction(npc_terms)
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     log = open(output / "diagnostics.jsonl", "w")
     step, epoch, start = 0, 0, time.perf_counter()
     while step < args.max_train_steps:
-        for batch in loaders.train_batches(epoch):
+        for batch in loaders.train_batches(TrainState(epoch=epoch)):
             batch.pop("skipped"), batch.pop("num_rows")
             batch = send_to_device(batch, accelerator.device)
             model.train()

@@ -193,9 +193,11 @@ def fine_tune(
 
 def _endless(loaders):
     """The training batches of epoch 0, 1, ... (a short data set must not end a measurement)."""
+    from modeling_concept_clip.training.state import TrainState
+
     epoch = 0
     while True:
-        yield from loaders.train_batches(epoch)
+        yield from loaders.train_batches(TrainState(epoch=epoch))
         epoch += 1
 
 
