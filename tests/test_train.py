@@ -138,6 +138,10 @@ def test_recipe_file_with_flag_override(checkpoints, tmp_path):
     bad.write_text("learning_rte: 0.1\n")
     with pytest.raises(ValueError, match="Unknown keys .*learning_rte"):
         run_training(["--config", str(bad)])
+    listing = tmp_path / "benchmarks.yaml"  # a YAML file that is not a recipe (a list): named, not a TypeError
+    listing.write_text("- name: probes\n  path: probes.json\n")
+    with pytest.raises(ValueError, match=f"--config {listing} holds a list, not a recipe"):
+        run_training(["--config", str(listing)])
 
 
 def write_bad_rows(folder: Path) -> dict[str, str]:
@@ -620,7 +624,7 @@ def test_recipes_and_accelerate_configs_parse():
     from training.train import parse_arguments
 
     for recipe in sorted((ROOT / "training" / "configs").rglob("*.yaml")):
-        if "accelerate" in recipe.parts or recipe.name == "benchmarks.yaml":
+        if "accelerate" in recipe.parts or recipe.name.startswith("benchmarks"):  # benchmark lists, not recipes
             continue
         assert parse_arguments(["--config", str(recipe)]).model.model_name_or_path, recipe
     paper = parse_arguments(["--config", str(ROOT / "training/configs/siglip_b16_cc3m.yaml")])

@@ -279,6 +279,11 @@ def parse_arguments(argv: list[str] | None = None) -> Arguments:
     if config_path:
         with open(config_path) as handle:
             recipe = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
+        if not isinstance(recipe, dict):
+            raise ValueError(
+                f"--config {config_path} holds a {type(recipe).__name__}, not a recipe: a recipe maps argument names "
+                "to values (`learning_rate: 1e-5`)."
+            )
         unknown = sorted(set(recipe) - {action.dest for action in parser._actions})
         if unknown:
             raise ValueError(f"Unknown keys in {config_path}: {unknown}")

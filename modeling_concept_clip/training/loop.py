@@ -366,7 +366,7 @@ def describe_sizes(shapes: dict[str, tuple[int, ...]]) -> str:
 
 
 def check_checkpoint_sizes(path: str, model: torch.nn.Module) -> None:
-    """Refuse, in one line, a checkpoint whose weights have other shapes than the model of this run (otherwise
+    """Refuse, in one line, a checkpoint whose weights have other shapes than `model` (unwrapped) of this run (otherwise
     `load_state` prints one size-mismatch line per tensor). Reads the tensor shapes of the checkpoint's
     `model.safetensors` (what `save_state` writes outside FSDP and DeepSpeed; their formats are left to
     `load_state`, whose size-mismatch error `resume_state` shortens the same way)."""
@@ -406,7 +406,7 @@ def resume_state(accelerator: Accelerator, checkpoint: Path | None, model: torch
     path = str(checkpoint)
     if not Path(path, "trainer_state.json").is_file():
         raise FileNotFoundError(f"--resume_from_checkpoint {path}: not a checkpoint folder (no trainer_state.json).")
-    check_checkpoint_sizes(path, model)
+    check_checkpoint_sizes(path, accelerator.unwrap_model(model))  # names as saved: no DDP `module.` prefix
     accelerator.print(f"Resuming from {path}")
     try:
         accelerator.load_state(path)
