@@ -37,8 +37,11 @@ $(VENV)/transformers-tests/VERSION: $(TRANSFORMERS_TESTS) | $(VENV)/.installed
 	rm -rf $(VENV)/transformers-sdist
 	echo $(TRANSFORMERS_VERSION) > $@
 
+# Test files run in parallel on TEST_WORKERS processes (pytest-xdist; a file stays on one worker, so its module
+# fixtures, such as the multi-process training runs, are made once). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile
 
 # The package as `pip install .` gives it (a wheel in a fresh environment), used from outside the repository: every
 # console script's --help and a 2-step training (.ci/check_wheel.py). `make` itself installs in editable mode, which

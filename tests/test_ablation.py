@@ -102,34 +102,26 @@ def test_tiny_ablation_over_two_seeds_then_added_variants_reuse_the_finished_run
     swap = {v: [payload["runs"][v][s]["probes/swap_att"] for s in ("0", "1")] for v in ("control", "c2lip")}
     delta = payload["summary"]["c2lip_minus_control"]["probes/swap_att"]["mean"]
     assert delta == pytest.approx((swap["c2lip"][0] - swap["control"][0] + swap["c2lip"][1] - swap["control"][1]) / 2)
-    # Adding a variant trains only that variant: the finished runs are reused (their files untouched), and the
-    # equal-time step count comes from interleaved step costs (measured once, cached).
-    stamps = {path: path.stat().st_mtime_ns for path in root.rglob("results.json")}
-    again = [*common, "--seeds", "0", "--variants", "control", "c2lip", "control_equal_time", "--name", "tiny_equal"]
-    assert ablation.main([*again, "--step_cost_pairs", "2"]) == 0
-    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
-    costs = json.loads((root / "step_costs.json").read_text())
-    assert {"control", "c2lip"} == set(costs["costs"]) and costs["costs"]["c2lip"]["steps"] == 2
-    ratio = costs["costs"]["c2lip"]["cpu_seconds"] / costs["costs"]["control"]["cpu_seconds"]
-    equal = json.loads((results_dir / "tiny_equal.json").read_text())
-    assert equal["equal_time_steps"] == max(1, round(2 * ratio)) == equal["runs"]["control_equal_time"]["0"]["steps"]
     table = (results_dir / "tiny.md").read_text()
     assert "Δ C2LIP - control (equal steps)" in table and "Command: `python examples/ablation_shapes_world.py" in table
     assert Path(results_dir / "tiny_curves.png").stat().st_size > 0
 
     # Variants added to the finished ablation train only themselves: the initial model, prior, control and C2LIP of
-    # seed 0 are reused as they are.
+    # seed 0 are reused as they are (their files untouched). The equal-time step counts come from interleaved step
+    # costs of C2LIP, the control and NegCLIP (measured once, cached).
     seed0 = root / "seed0"
     finished = {path: path.stat().st_mtime_ns for path in seed0.glob("*/*") if path.is_file()}
     capsys.readouterr()
-    added = ["--seeds", "0", "--variants", "control", "c2lip", "negclip", "negclip_equal_time"]
+    added = ["--seeds", "0", "--variants", "control", "c2lip", "control_equal_time", "negclip", "negclip_equal_time"]
     assert ablation.main(common + added + ["--name", "tiny_negclip", "--step_cost_pairs", "2"]) == 0
     assert {path: path.stat().st_mtime_ns for path in finished} == finished
     printed = capsys.readouterr().out
     assert f"Using the cached bag-of-words prior {seed0 / 'bow_prior'}" in printed
     assert all(f"Using the finished run {seed0 / variant}" in printed for variant in ("control", "c2lip"))
+    costs = json.loads((root / "step_costs.json").read_text())["costs"]
+    assert set(costs) == {"c2lip", "control", "negclip"} and costs["c2lip"]["steps"] == 2
     payload = json.loads((results_dir / "tiny_negclip.json").read_text())
-    assert set(payload["runs"]) == {"prior", "control", "c2lip", "negclip", "negclip_equal_time"}
+    assert set(payload["runs"]) == {"prior", "control", "c2lip", "control_equal_time", "negclip", "negclip_equal_time"}
     # NegCLIP: the control's recipe from the same prior, seed and steps, plus the hard negatives, counted in its log;
     # not a curve variant, it trains without evaluation during training (the recipe's eval_steps off).
     control = json.loads((seed0 / "control" / "training_args.json").read_text())
@@ -141,11 +133,13 @@ def test_tiny_ablation_over_two_seeds_then_added_variants_reuse_the_finished_run
         assert negclip[group][key] == control[group][key]
     last = ablation.read_log(seed0 / "negclip")[-1]
     assert last["hard_negatives"] > 0 and last["hard_negatives"] + last["captions_without_hard_negative"] == 32
-    # Equal time: as many NegCLIP steps as cost C2LIP's steps, from interleaved step costs of C2LIP and NegCLIP.
-    costs = json.loads((root / "step_costs.json").read_text())["costs"]
-    assert set(costs) == {"c2lip", "negclip"} and payload["step_costs"]["costs"] == costs
-    steps = ablation.equal_time_steps(2, costs, "negclip")
-    assert payload["negclip_equal_time_steps"] == steps == payload["runs"]["negclip_equal_time"]["0"]["steps"]
+    # Equal time: as many control (NegCLIP) steps as cost C2LIP's 2 steps.
+    assert payload["step_costs"]["costs"] == costs
+    for variant, reference in (("control_equal_time", "control"), ("negclip_equal_time", "negclip")):
+        steps = ablation.equal_time_steps(2, costs, reference)
+        assert payload["runs"][variant]["0"]["steps"] == steps
+    assert payload["equal_time_steps"] == ablation.equal_time_steps(2, costs, "control")
+    assert payload["negclip_equal_time_steps"] == ablation.equal_time_steps(2, costs, "negclip")
     table = (results_dir / "tiny_negclip.md").read_text()
     assert "| NegCLIP | NegCLIP, equal time |" in table and "Δ C2LIP - NegCLIP (equal time)" in table
     assert "c2lip_minus_negclip_equal_time" in payload["summary"]
