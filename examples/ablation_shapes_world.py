@@ -139,13 +139,13 @@ class AblationArguments:
     batch_size: int | None = field(default=None, metadata={"help": "Batch size of every stage (default: 128)."})
     equal_time_steps: int | None = field(
         default=None,
-        metadata={"help": "Steps of `control_equal_time` (default: as many as the first seed's control takes in that "
-                  "seed's C2LIP training time)."},
+        metadata={"help": "Steps of `control_equal_time` (default: C2LIP's steps times the cost of a C2LIP step over "
+                  "a control step, measured once with their steps interleaved)."},
     )  # fmt: skip
     negclip_equal_time_steps: int | None = field(
         default=None,
-        metadata={"help": "Steps of `negclip_equal_time` (default: as many as the first seed's NegCLIP run takes in "
-                  "that seed's C2LIP training time)."},
+        metadata={"help": "Steps of `negclip_equal_time` (default: C2LIP's steps times the cost of a C2LIP step over "
+                  "a NegCLIP step, measured once with their steps interleaved)."},
     )  # fmt: skip
     curve_variants: list[str] = field(
         default_factory=lambda: ["control", "c2lip"],
@@ -157,7 +157,7 @@ class AblationArguments:
                   "world's validation/ part: for choosing settings)."},
     )  # fmt: skip
     step_cost_pairs: int = field(
-        default=20, metadata={"help": "Interleaved control and C2LIP steps measured for the equal-time step count."}
+        default=20, metadata={"help": "Interleaved steps of each run measured for the equal-time step counts."}
     )
     retrain: bool = field(default=False, metadata={"help": "Train every run again even if a current one exists."})
 
