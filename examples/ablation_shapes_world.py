@@ -208,8 +208,9 @@ def measured_step_costs(root: Path, prior: Path, flags: list[str], pairs: int, v
 
 
 def _cell(values: list[float]) -> str:
+    """Mean ± sample std over seeds in %; one seed has no spread, so its value is shown alone."""
     mean, std = _mean_std([100 * v for v in values])
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
 def aggregate(results: dict[str, dict[int, dict[str, float]]], seeds: list[int]) -> dict:
@@ -258,7 +259,8 @@ def markdown_table(results: dict[str, dict[int, dict[str, float]]], seeds: list[
             if values:
                 mean, std = _mean_std([scale * v for v in values])
                 # Minutes to 0.01 (0.6 s): a short run must not read as 0.0 minutes.
-                cells.append(f"{mean:.0f}" if key == "steps" else f"{mean:.2f} ± {std:.2f}")
+                spread = f" ± {std:.2f}" if len(values) > 1 else ""
+                cells.append(f"{mean:.0f}" if key == "steps" else f"{mean:.2f}{spread}")
             else:
                 cells.append("–")
         cells += [""] * len(deltas)

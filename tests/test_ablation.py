@@ -58,7 +58,10 @@ def test_equal_time_steps_scale_c2lips_steps_by_the_cost_ratio():
 def test_short_runs_do_not_read_as_zero_minutes():
     results = {variant: {0: {"steps": 5, "train_minutes": 2.4 / 60}} for variant in ("control", "c2lip")}
     table = ablation.markdown_table(results, [0], "t")
-    assert "| training minutes | 0.04 ± 0.00 | 0.04 ± 0.00 |" in table
+    assert "| training minutes | 0.04 | 0.04 |" in table  # one seed: no spread to show
+    assert "| swap-att | – | – |" in table
+    results = {"control": {0: {"probes/swap_att": 0.5}}, "c2lip": {0: {"probes/swap_att": 0.75}}}
+    assert "| swap-att | 50.0 | 75.0 | 25.0 |" in ablation.markdown_table(results, [0], "t")
 
 
 def test_tiny_ablation_over_two_seeds_then_added_variants_reuse_the_finished_runs(tmp_path, monkeypatch, capsys):
