@@ -32,7 +32,11 @@ negclip negclip_equal_time` after `--variants control c2lip`.
 Equal time: `control_equal_time` (`negclip_equal_time`) trains `round(C2LIP steps x r)` steps, where r is the cost of
 a C2LIP step over a control (NegCLIP) step, measured once (on the first seed's prior) with the runs' steps interleaved
 in one process (`training.demo.step_costs`: median CPU seconds per step, data included), so that the load of a shared
-machine changes all of them alike; cached in `<output_dir>/step_costs.json`. `--eval_split validation` evaluates every
+machine changes all of them alike; cached in `<output_dir>/step_costs.json`. The equal-time variants need `c2lip`
+(its steps), not their reference's run: `--variants c2lip control_equal_time negclip_equal_time` is the equal-time
+comparison alone. Seeds added by a later call are measured on that call's first seed: to keep one step count for all
+seeds, pass the first call's counts (printed, and in `<name>.json`) as `--equal_time_steps` and
+`--negclip_equal_time_steps`. `--eval_split validation` evaluates every
 run on the world's validation split instead of test/ and unseen/ (for choosing settings; the reported results use
 test/).
 """
@@ -89,6 +93,7 @@ DELTAS: list[tuple[str, str, str]] = [
     ("c2lip", "negclip", "Δ C2LIP - NegCLIP (equal steps)"),
     ("c2lip", "negclip_equal_time", "Δ C2LIP - NegCLIP (equal time)"),
     ("negclip", "control", "Δ NegCLIP - control (equal steps)"),
+    ("negclip_equal_time", "control_equal_time", "Δ NegCLIP - control (equal time)"),
 ]
 # Rows of the table: (key in the flat metrics, label).
 TABLE_ROWS: list[tuple[str, str]] = [
@@ -273,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"Unknown variants {unknown}; choose from {list(VARIANTS)}.")
+    # Checked before any training. The reference's step cost is measured on the prior: its run is not needed.
+    for variant, flag in (
+        ("control_equal_time", "equal_time_steps"),
+        ("negclip_equal_time", "negclip_equal_time_steps"),
+    ):
+        if variant in args.variants and getattr(args, flag) is None and "c2lip" not in args.variants:
+            raise ValueError(f"{variant} needs c2lip in --variants (its steps set the time), or --{flag} N.")
     os.chdir(ROOT)  # the recipes and the `python -m training.train` subprocesses use paths relative to the root
     root = Path(args.output_dir or f"outputs/ablation/{args.model_type}")
     name = args.name or ("ablation_shapes_world" if args.model_type == "clip" else "ablation_shapes_world_siglip")
@@ -301,9 +313,6 @@ def main(argv: list[str] | None = None) -> int:
             if variant in EQUAL_TIME:
                 reference = EQUAL_TIME[variant]
                 if equal_steps[variant] is None:
-                    if not {reference, "c2lip"} <= set(args.variants):
-                        flag = "--equal_time_steps" if variant == "control_equal_time" else f"--{variant}_steps"
-                        raise ValueError(f"{variant} needs {reference} and c2lip, or {flag}.")
                     costs = costs or measured_step_costs(root, prior, base, args.step_cost_pairs, timed)
                     equal_steps[variant] = equal_time_steps(results["c2lip"][seed]["steps"], costs["costs"], reference)
                     ratio = costs["costs"]["c2lip"]["cpu_seconds"] / costs["costs"][reference]["cpu_seconds"]

@@ -64,6 +64,18 @@ def test_short_runs_do_not_read_as_zero_minutes():
     assert "| swap-att | 50.0 | 75.0 | 25.0 |" in ablation.markdown_table(results, [0], "t")
 
 
+def test_an_equal_time_variant_without_c2lip_or_a_step_count_is_refused_before_any_training(tmp_path):
+    root = tmp_path / "ablation"
+    for variant, flag in (
+        ("control_equal_time", "--equal_time_steps"),
+        ("negclip_equal_time", "--negclip_equal_time_steps"),
+    ):
+        argv = ["--variants", variant, "--output_dir", str(root), "--world_dir", str(tmp_path / "world")]
+        with pytest.raises(ValueError, match=f"{variant} needs c2lip in --variants .* or {flag} N"):
+            ablation.main(argv)
+    assert not root.exists() and not (tmp_path / "world").exists()
+
+
 def test_tiny_ablation_over_two_seeds_then_added_variants_reuse_the_finished_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the script changes into the repository root; the fixture changes back
     world = tmp_path / "world"
@@ -146,6 +158,13 @@ def test_tiny_ablation_over_two_seeds_then_added_variants_reuse_the_finished_run
     table = (results_dir / "tiny_negclip.md").read_text()
     assert "| NegCLIP | NegCLIP, equal time |" in table and "Δ C2LIP - NegCLIP (equal time)" in table
     assert "c2lip_minus_negclip_equal_time" in payload["summary"]
+    assert "Δ NegCLIP - control (equal time)" in table
+    # The refusal's advice as printed: a step count instead of c2lip trains that variant alone from the cached prior.
+    fixed = ["--seeds", "0", "--variants", "control_equal_time", "--equal_time_steps", "3", "--name", "tiny_fixed"]
+    assert ablation.main(common + fixed) == 0
+    payload = json.loads((results_dir / "tiny_fixed.json").read_text())
+    assert set(payload["runs"]) == {"prior", "control_equal_time"} and payload["equal_time_steps"] == 3
+    assert payload["runs"]["control_equal_time"]["0"]["steps"] == 3
     assert {
         path: path.stat().st_mtime_ns for path in (ablation.ROOT / "benchmarks" / "results").iterdir()
     } == committed
