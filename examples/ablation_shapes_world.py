@@ -36,9 +36,8 @@ machine changes all of them alike; cached in `<output_dir>/step_costs.json`. The
 (its steps), not their reference's run: `--variants c2lip control_equal_time negclip_equal_time` is the equal-time
 comparison alone. Seeds added by a later call are measured on that call's first seed: to keep one step count for all
 seeds, pass the first call's counts (printed, and in `<name>.json`) as `--equal_time_steps` and
-`--negclip_equal_time_steps`. `--eval_split validation` evaluates every
-run on the world's validation split instead of test/ and unseen/ (for choosing settings; the reported results use
-test/).
+`--negclip_equal_time_steps`. `--eval_split validation` evaluates every run on the world's validation split instead
+of test/ and unseen/ (for choosing settings; the reported results use test/).
 """
 
 from __future__ import annotations
