@@ -85,6 +85,11 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
 }
 # Equal-time variants: the variant whose time per step sets their steps (to fill C2LIP's training time).
 EQUAL_TIME = {"control_equal_time": "control", "negclip_equal_time": "negclip"}
+# The argument that fixes each equal-time variant's steps (None: from the measured step costs).
+EQUAL_TIME_STEPS_ARGUMENT = {
+    "control_equal_time": "equal_time_steps",
+    "negclip_equal_time": "negclip_equal_time_steps",
+}
 # Paired differences shown in the table and the summary: (variant, reference), when both ran.
 DELTAS: list[tuple[str, str, str]] = [
     ("c2lip", "control", "Δ C2LIP - control (equal steps)"),
@@ -211,10 +216,11 @@ def measured_step_costs(root: Path, prior: Path, flags: list[str], pairs: int, v
     return record
 
 
-def _cell(values: list[float]) -> str:
-    """Mean ± sample std over seeds in %; one seed has no spread, so its value is shown alone."""
-    mean, std = _mean_std([100 * v for v in values])
-    return f"{mean:.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:.1f}"
+def _cell(values: list[float], scale: float = 100, digits: int = 1) -> str:
+    """Mean ± sample std over seeds of `scale * values` (default: in %); one seed has no spread, so its value is
+    shown alone."""
+    mean, std = _mean_std([scale * v for v in values])
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
 def aggregate(results: dict[str, dict[int, dict[str, float]]], seeds: list[int]) -> dict:
@@ -255,16 +261,14 @@ def markdown_table(results: dict[str, dict[int, dict[str, float]]], seeds: list[
             differences = [run[key] - ref[key] for run, ref in pairs if key in run and key in ref]
             cells.append(_cell(differences) if differences else "–")
         lines.append("| " + " | ".join([label, *cells]) + " |")
-    for key, label, scale in (("steps", "steps", 1), ("train_minutes", "training minutes", 1)):
+    for key, label in (("steps", "steps"), ("train_minutes", "training minutes")):
         cells = []
         for variant in variants:
             values = [results[variant][s].get(key) for s in seeds if s in results[variant]]
             values = [v for v in values if v is not None]
             if values:
-                mean, std = _mean_std([scale * v for v in values])
                 # Minutes to 0.01 (0.6 s): a short run must not read as 0.0 minutes.
-                spread = f" ± {std:.2f}" if len(values) > 1 else ""
-                cells.append(f"{mean:.0f}" if key == "steps" else f"{mean:.2f}{spread}")
+                cells.append(f"{_mean_std(values)[0]:.0f}" if key == "steps" else _cell(values, scale=1, digits=2))
             else:
                 cells.append("–")
         cells += [""] * len(deltas)
@@ -277,22 +281,19 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"Unknown variants {unknown}; choose from {list(VARIANTS)}.")
+    equal_steps = {variant: getattr(args, argument) for variant, argument in EQUAL_TIME_STEPS_ARGUMENT.items()}
     # Checked before any training. The reference's step cost is measured on the prior: its run is not needed.
-    for variant, flag in (
-        ("control_equal_time", "equal_time_steps"),
-        ("negclip_equal_time", "negclip_equal_time_steps"),
-    ):
-        if variant in args.variants and getattr(args, flag) is None and "c2lip" not in args.variants:
-            raise ValueError(f"{variant} needs c2lip in --variants (its steps set the time), or --{flag} N.")
+    for variant, argument in EQUAL_TIME_STEPS_ARGUMENT.items():
+        if variant in args.variants and equal_steps[variant] is None and "c2lip" not in args.variants:
+            raise ValueError(f"{variant} needs c2lip in --variants (its steps set the time), or --{argument} N.")
     os.chdir(ROOT)  # the recipes and the `python -m training.train` subprocesses use paths relative to the root
     root = Path(args.output_dir or f"outputs/ablation/{args.model_type}")
     name = args.name or ("ablation_shapes_world" if args.model_type == "clip" else "ablation_shapes_world_siglip")
     world = ensure_world(args.world_dir)
     benchmarks = benchmarks_file(root, args.world_dir, args.eval_split)
-    # The references of the equal-time variants first (C2LIP's steps, the control's and NegCLIP's runs).
+    # The equal-steps runs first: C2LIP's steps set those of the equal-time variants.
     order = [v for v in ("control", "c2lip", "negclip") if v in args.variants]
     order += [v for v in args.variants if v not in order]
-    equal_steps = {"control_equal_time": args.equal_time_steps, "negclip_equal_time": args.negclip_equal_time_steps}
     # Step costs to measure: C2LIP's and those of the references of the equal-time variants without a step count.
     timed = ["c2lip"] + [EQUAL_TIME[v] for v in EQUAL_TIME if v in args.variants and equal_steps[v] is None]
     costs = None
